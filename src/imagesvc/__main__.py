@@ -1,0 +1,5 @@
+import sys
+
+from imagesvc.cli import main
+
+sys.exit(main())

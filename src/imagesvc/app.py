@@ -1,0 +1,175 @@
+"""Application factory: settings in, a FastAPI app out; resources live in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imagesvc import __version__
+from imagesvc.config import MIB, Settings, load_settings
+from imagesvc.db import create_engine, create_sessionmaker
+from imagesvc.errors import install_problem_handlers, problem_response
+from imagesvc.images.endpoints import router as images_router
+from imagesvc.images.service import ImageService, ServeOptions, UploadLimits
+from imagesvc.storage.local import LocalObjectStore
+from imagesvc.storage.port import ObjectStore
+from imagesvc.storage.s3 import S3ObjectStore, S3Options
+
+READY_TIMEOUT = 2.0
+
+
+def build_store(settings: Settings) -> LocalObjectStore | S3ObjectStore:
+    if settings.storage_backend == "local":
+        return LocalObjectStore(settings.storage_local_root)
+    assert settings.s3_bucket is not None
+    return S3ObjectStore(
+        S3Options(
+            bucket=settings.s3_bucket,
+            region=settings.s3_region,
+            endpoint_url=settings.s3_endpoint_url,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key,
+            addressing_style=settings.s3_addressing_style,
+            part_size=settings.s3_part_size,
+            connect_timeout=settings.s3_connect_timeout,
+            read_timeout=settings.s3_read_timeout,
+        )
+    )
+
+
+def heic_decoder_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("pillow_heif") is not None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        store = build_store(settings)
+        await store.start()
+        app.state.engine = engine
+        app.state.store = store
+        app.state.images = ImageService(
+            create_sessionmaker(engine),
+            store,
+            limits=UploadLimits(
+                max_upload_bytes=settings.max_upload_bytes,
+                max_pixels=settings.max_pixels,
+                header_budget=max(settings.s3_part_size, 8 * MIB),
+                allow_heic=heic_decoder_installed(),
+            ),
+            serve=ServeOptions(
+                redirect=settings.serve_mode == "redirect",
+                signed_url_ttl=settings.signed_url_ttl,
+            ),
+            key_prefix=settings.s3_key_prefix if settings.storage_backend == "s3" else "",
+        )
+        try:
+            yield
+        finally:
+            if isinstance(store, S3ObjectStore):
+                await store.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="imagesvc",
+        version=__version__,
+        summary="Upload, serve, list and delete images: bytes in S3, facts in SQL.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    install_problem_handlers(app)
+    app.include_router(images_router)
+
+    @app.get("/healthz", tags=["operations"], operation_id="healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        operation_id="readyz",
+        summary="Readiness: database and object store reachable",
+        responses={503: {"description": "A dependency is down; `detail` names it."}},
+    )
+    async def readyz(request: Request) -> Any:
+        checks = await _check_dependencies(request.app)
+        down = [name for name, ok in checks.items() if not ok]
+        if down:
+            return problem_response(
+                request,
+                status=503,
+                code="dependency_unavailable",
+                title="Service unavailable",
+                detail=f"unavailable: {', '.join(down)}",
+                headers={"Retry-After": "5"},
+                extra={"checks": {k: "ok" if v else "down" for k, v in checks.items()}},
+            )
+        return JSONResponse({"status": "ready", "checks": dict.fromkeys(checks, "ok")})
+
+    return app
+
+
+async def _check_dependencies(app: FastAPI) -> dict[str, bool]:
+    async def database() -> None:
+        async with app.state.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def storage() -> None:
+        store: ObjectStore = app.state.store
+        await store.ping()
+
+    async def ok(check: Any) -> bool:
+        try:
+            await asyncio.wait_for(check(), READY_TIMEOUT)
+        except Exception:
+            return False
+        return True
+
+    db_ok, store_ok = await asyncio.gather(ok(database), ok(storage))
+    return {"database": db_ok, "storage": store_ok}
+
+
+def app_from_env() -> FastAPI:
+    """Uvicorn factory for `imagesvc serve` (each worker builds its own app)."""
+    return create_app()
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Accept a sane `X-Request-ID` or make one; expose it to handlers and echo it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

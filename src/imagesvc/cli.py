@@ -1,0 +1,118 @@
+"""`imagesvc` command line: serve, migrate (gc and keys come with their capabilities).
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+
+from imagesvc.config import ConfigurationError, Settings, load_settings
+
+log = logging.getLogger("imagesvc")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"imagesvc: {message}", file=sys.stderr)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagesvc", description="The imagesvc image service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+    commands.add_parser("migrate", help="upgrade the database schema to the latest version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        return _fail(str(exc))
+    if args.command == "serve":
+        return serve(settings, host=args.host, port=args.port, workers=args.workers)
+    if args.command == "migrate":
+        return migrate(settings)
+    return _fail(f"unknown command {args.command}")  # pragma: no cover (argparse refuses)
+
+
+def serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
+    import uvicorn
+
+    if workers < 1:
+        return _fail("--workers must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(
+        "imagesvc.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        # Uploads are streamed; a slow client must not hold a worker forever.
+        timeout_keep_alive=15,
+        timeout_graceful_shutdown=30,
+        access_log=False,
+        server_header=False,
+    )
+    return 0
+
+
+def script_location() -> str:
+    """Migrations ship inside the wheel (imagesvc/migrations); a checkout has alembic/."""
+    packaged = files("imagesvc") / "migrations"
+    if packaged.is_dir():
+        return str(packaged)
+    return str(Path(__file__).resolve().parents[2] / "alembic")
+
+
+def migrate(settings: Settings) -> int:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", script_location())
+    config.attributes["skip_logging"] = True
+    try:
+        command.upgrade(config, "head")
+    except Exception as exc:  # the message, not a traceback, for an operator
+        return _fail(f"migration failed: {type(exc).__name__}: {_one_line(exc)}", 1)
+    print("database schema is up to date")
+    if settings.storage_backend == "s3" and settings.s3_create_bucket:
+        created = asyncio.run(_ensure_bucket(settings))
+        print(f"bucket {settings.s3_bucket} {'created' if created else 'exists'}")
+    return 0
+
+
+async def _ensure_bucket(settings: Settings) -> bool:
+    from imagesvc.app import build_store
+    from imagesvc.storage.s3 import S3ObjectStore
+
+    store = build_store(settings)
+    assert isinstance(store, S3ObjectStore)
+    await store.start()
+    try:
+        return await store.ensure_bucket()
+    finally:
+        await store.close()
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text[:200]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Configuration: the `IMAGESVC_*` environment variables of SPEC §8, validated at start.
+
+The names are part of the product contract, so the settings class stays flat (one field per
+variable) and groups are expressed by order and comments rather than nested models, which
+would change the variable names.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+MIB = 1024 * 1024
+# S3 refuses parts under 5 MiB (all but the last), and allows at most 10,000 parts.
+S3_MIN_PART_SIZE = 5 * MIB
+
+SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "mysql+asyncmy")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGESVC_", extra="ignore", frozen=True)
+
+    # --- database -------------------------------------------------------------------------
+    database_url: str = "sqlite+aiosqlite:///./var/imagesvc.db"
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_connect_timeout: float = Field(default=5.0, gt=0)
+
+    # --- object storage -------------------------------------------------------------------
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_local_root: str = "./var/objects"
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_key_prefix: str = ""
+    s3_create_bucket: bool = False
+    # Beyond the spec: the multipart part size bounds memory per upload (one part buffered,
+    # one in flight), and the timeouts bound how long a request can wait on a sick store.
+    s3_part_size: int = Field(default=8 * MIB, ge=S3_MIN_PART_SIZE, le=512 * MIB)
+    s3_connect_timeout: float = Field(default=5.0, gt=0)
+    s3_read_timeout: float = Field(default=30.0, gt=0)
+
+    # --- limits ---------------------------------------------------------------------------
+    max_upload_bytes: int = Field(default=25 * MIB, ge=1)
+    max_pixels: int = Field(default=50_000_000, ge=1)
+
+    # --- serving --------------------------------------------------------------------------
+    serve_mode: Literal["redirect", "proxy"] = "redirect"
+    signed_url_ttl: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    public_base_url: str | None = None
+
+    # --- lifecycle, variants, logs (used by later capabilities; validated now) -----------
+    gc_grace_seconds: int = Field(default=3600, ge=0)
+    log_format: Literal["json", "console"] = "json"
+    variant_max_dimension: int = Field(default=2048, ge=1, le=16384)
+    variant_sizes: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a valid SQLAlchemy URL") from None
+        if url.drivername not in SUPPORTED_DRIVERS:
+            raise ValueError(
+                f"driver {url.drivername!r} is not supported; use one of "
+                + ", ".join(f"{d}://" for d in SUPPORTED_DRIVERS)
+            )
+        return value
+
+    @field_validator("s3_key_prefix")
+    @classmethod
+    def _normalise_prefix(cls, value: str) -> str:
+        # Every key the service writes lives under the prefix; gc relies on it ending in
+        # "/" so that "imgs" never matches "imgs-other/...". Appending it is friendlier than
+        # refusing to start over a missing slash.
+        value = value.lstrip("/")
+        if value and not value.endswith("/"):
+            value += "/"
+        return value
+
+    @field_validator("s3_endpoint_url", "public_base_url")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")) or "://" == value[-3:]:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> Settings:
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("IMAGESVC_S3_BUCKET is required when IMAGESVC_STORAGE_BACKEND=s3")
+        if bool(self.s3_access_key_id) != bool(self.s3_secret_access_key):
+            raise ValueError(
+                "set both IMAGESVC_S3_ACCESS_KEY_ID and IMAGESVC_S3_SECRET_ACCESS_KEY, or neither"
+            )
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> URL:
+        return make_url(self.database_url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.get_backend_name() == "sqlite"
+
+
+class ConfigurationError(Exception):
+    """Raised with a one-line, credential-free message when the environment is invalid."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise ConfigurationError with one readable line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigurationError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    loc = [str(part) for part in first["loc"] if part]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if not loc:
+        return f"invalid configuration: {message}"
+    name = "IMAGESVC_" + loc[0].upper()
+    return f"invalid configuration: {name}: {message}"

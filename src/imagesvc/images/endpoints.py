@@ -1,0 +1,271 @@
+"""HTTP routes of /v1/images: parse, call one service method, shape the response."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from imagesvc.errors import problem_responses
+from imagesvc.images.cursor import decode_cursor, encode_cursor
+from imagesvc.images.models import Visibility
+from imagesvc.images.schemas import ImageList, ImageOut, ImagePatch
+from imagesvc.images.service import (
+    Bytes,
+    ImageService,
+    NotModified,
+    RangeRequest,
+    Redirect,
+    etag_of,
+)
+from imagesvc.images.upload import read_upload
+from imagesvc.storage.port import ObjectStream
+
+# The bytes of an image id never change (a new upload is a new id), so clients may keep
+# them; `private` until access control decides what may sit in shared caches.
+IMMUTABLE = "private, max-age=31536000, immutable"
+
+
+def get_service(request: Request) -> ImageService:
+    service: ImageService = request.app.state.images
+    return service
+
+
+def current_owner() -> str:
+    # Every query is owner-scoped already; access control (API keys) will derive the
+    # owner from the credentials. Until then every caller acts as one owner.
+    return "anonymous"
+
+
+ServiceDep = Annotated[ImageService, Depends(get_service)]
+OwnerDep = Annotated[str, Depends(current_owner)]
+ImageId = Annotated[str, Path(max_length=64, description="The image id (`img_...`).")]
+
+router = APIRouter(prefix="/v1/images", tags=["images"])
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "Either `multipart/form-data` with a `file` part (and optional text part "
+            "`visibility`), or the raw image bytes with `Content-Type: image/*` or "
+            "`application/octet-stream` and an optional `X-Filename` header. The type is "
+            "detected from the bytes: JPEG, PNG, GIF, WebP, AVIF."
+        ),
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "visibility": {"type": "string", "enum": ["private", "public"]},
+                    },
+                },
+                "encoding": {"file": {"contentType": "image/*, application/octet-stream"}},
+            },
+            "application/octet-stream": _BINARY,
+            "image/*": _BINARY,
+        },
+    },
+    "parameters": [
+        {
+            "name": "X-Filename",
+            "in": "header",
+            "required": False,
+            "description": "Filename for a raw upload (percent-encode non-ASCII). Metadata only.",
+            "schema": {"type": "string"},
+        }
+    ],
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    operation_id="createImage",
+    summary="Upload an image",
+    description=(
+        "Streams the upload to object storage. 201 means the bytes are durably stored and "
+        "match the returned `sha256` and `byte_size`. The body is never held in memory or "
+        "spooled to disk."
+    ),
+    openapi_extra=UPLOAD_BODY,
+    responses={
+        201: {"headers": {"Location": {"schema": {"type": "string"}}}},
+        **problem_responses(400, 413, 415, 422, 503),
+    },
+)
+async def create_image(
+    request: Request,
+    response: Response,
+    service: ServiceDep,
+    owner: OwnerDep,
+    visibility: Annotated[
+        Visibility | None, Query(description="Overrides the `visibility` form field.")
+    ] = None,
+) -> ImageOut:
+    body = await read_upload(request, max_file_bytes=service.limits.max_upload_bytes)
+    image = await service.create(
+        owner=owner,
+        chunks=body.chunks,
+        filename=body.filename,
+        fields=body.fields,
+        visibility=visibility,
+    )
+    response.headers["Location"] = f"/v1/images/{image.id}"
+    return ImageOut.of(image)
+
+
+@router.get(
+    "",
+    operation_id="listImages",
+    summary="List images, newest first",
+    description="Keyset pagination: pass `next_cursor` back as `cursor` until it is null.",
+    responses=problem_responses(422, 503),
+)
+async def list_images(
+    service: ServiceDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> ImageList:
+    after = decode_cursor(cursor) if cursor else None
+    page = await service.list(owner=owner, after=after, limit=limit)
+    return ImageList(
+        items=[ImageOut.of(image) for image in page.items],
+        next_cursor=encode_cursor(page.last_id) if page.last_id else None,
+    )
+
+
+@router.get(
+    "/{image_id}",
+    operation_id="getImage",
+    summary="Get an image's metadata",
+    responses=problem_responses(404, 503),
+)
+async def get_image(image_id: ImageId, service: ServiceDep, owner: OwnerDep) -> ImageOut:
+    return ImageOut.of(await service.get(owner=owner, image_id=image_id))
+
+
+@router.patch(
+    "/{image_id}",
+    operation_id="updateImage",
+    summary="Change visibility or filename",
+    description="JSON merge patch: fields left out are unchanged; `filename: null` clears it.",
+    responses=problem_responses(404, 422, 503),
+)
+async def update_image(
+    image_id: ImageId, patch: ImagePatch, service: ServiceDep, owner: OwnerDep
+) -> ImageOut:
+    changes = patch.model_dump(exclude_unset=True)
+    image = await service.update(owner=owner, image_id=image_id, changes=changes)
+    return ImageOut.of(image)
+
+
+@router.get(
+    "/{image_id}/content",
+    operation_id="getImageContent",
+    summary="Get the image bytes",
+    description=(
+        "S3 backend in `redirect` mode: 302 to a signed URL valid for "
+        "`IMAGESVC_SIGNED_URL_TTL` seconds. Otherwise the bytes, with `ETag`, "
+        "`Cache-Control`, single `Range` requests (206) and `If-None-Match` (304)."
+    ),
+    response_class=Response,
+    responses={
+        200: {"description": "The image bytes.", "content": {"image/*": _BINARY}},
+        206: {"description": "The requested byte range.", "content": {"image/*": _BINARY}},
+        302: {"description": "Redirect to a short-lived signed URL of the bytes."},
+        304: {"description": "The client's copy (If-None-Match) is current."},
+        **problem_responses(404, 416, 503),
+    },
+)
+async def get_image_content(
+    image_id: ImageId,
+    service: ServiceDep,
+    owner: OwnerDep,
+    range_: Annotated[str | None, Header(alias="Range")] = None,
+    if_range: Annotated[str | None, Header(alias="If-Range")] = None,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Response:
+    requested = parse_range(range_)
+    result = await service.content(
+        owner=owner,
+        image_id=image_id,
+        byte_range=requested,
+        if_none_match=if_none_match,
+        if_range=if_range,
+    )
+    if isinstance(result, Redirect):
+        # The redirect may be reused only while the signed URL is comfortably valid.
+        max_age = service.serve.signed_url_ttl // 2
+        return RedirectResponse(
+            result.url,
+            status_code=302,
+            headers={"Cache-Control": f"private, max-age={max_age}", "ETag": etag_of(result.image)},
+        )
+    headers = {"ETag": etag_of(result.image), "Cache-Control": IMMUTABLE}
+    if isinstance(result, NotModified):
+        return Response(status_code=304, headers=headers)
+    return _bytes_response(result, headers)
+
+
+def _bytes_response(result: Bytes, headers: dict[str, str]) -> StreamingResponse:
+    image, byte_range = result.image, result.byte_range
+    assert image.byte_size is not None
+    headers["Accept-Ranges"] = "bytes"
+    if byte_range is None:
+        headers["Content-Length"] = str(image.byte_size)
+        status = 200
+    else:
+        headers["Content-Length"] = str(byte_range.length)
+        headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{image.byte_size}"
+        status = 206
+    return StreamingResponse(
+        _drain(result.stream), status_code=status, headers=headers, media_type=image.content_type
+    )
+
+
+async def _drain(stream: ObjectStream) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        await stream.aclose()
+
+
+@router.delete(
+    "/{image_id}",
+    status_code=204,
+    operation_id="deleteImage",
+    summary="Delete an image and all its objects",
+    description="Removes the row and every stored object of the image. A second delete is 404.",
+    response_class=Response,
+    responses=problem_responses(404, 503),
+)
+async def delete_image(image_id: ImageId, service: ServiceDep, owner: OwnerDep) -> Response:
+    await service.delete(owner=owner, image_id=image_id)
+    return Response(status_code=204)
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII)
+
+
+def parse_range(header: str | None) -> RangeRequest | None:
+    """One `bytes=first-last | first- | -suffix` range; anything else is ignored (RFC 9110
+    lets a server answer 200 with the whole content instead of multiple ranges)."""
+    match = _RANGE.fullmatch(header.strip()) if header else None
+    if match is None or not any(match.groups()):
+        return None
+    first = int(match[1]) if match[1] else None
+    last = int(match[2]) if match[2] else None
+    if first is not None and last is not None and last < first:
+        return None
+    return RangeRequest(first, last)

@@ -1,0 +1,59 @@
+"""The `images` table: one row per image, holding its lifecycle state and facts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from imagesvc.db import Base, UTCDateTime
+from imagesvc.ids import IMAGE_ID_LENGTH
+
+
+class ImageStatus(StrEnum):
+    # pending: the row records the intent to write `storage_key`; the object may be partial.
+    # ready: the object is durable and matches byte_size/sha256; the only state clients see.
+    # deleting: objects are being removed; the row goes once they are gone.
+    PENDING = "pending"
+    READY = "ready"
+    DELETING = "deleting"
+
+
+class Visibility(StrEnum):
+    PRIVATE = "private"
+    PUBLIC = "public"
+
+
+FILENAME_MAX = 255
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(IMAGE_ID_LENGTH), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    storage_key: Mapped[str] = mapped_column(String(512))
+    content_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    frames: Mapped[int] = mapped_column(Integer)
+    byte_size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    filename: Mapped[str | None] = mapped_column(String(FILENAME_MAX))
+    visibility: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # When the status last changed: gc ages pending and deleting rows by it.
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # Owner-scoped keyset listing: WHERE owner = ? AND id < ? ORDER BY id DESC.
+        Index("ix_images_owner_id", "owner", "id"),
+        # The reconciler's scan of stale pending/deleting rows.
+        Index("ix_images_status_updated_at", "status", "updated_at"),
+        # Binary collation: owners and ids compare byte for byte ("Alice" is not "alice"),
+        # and filenames keep any unicode.
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},
+    )

@@ -1,0 +1,95 @@
+"""Queries on `images`. Every read a client can trigger is scoped to an owner and to the
+`ready` status: pending and deleting rows, and other owners' rows, are invisible here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from imagesvc.images.models import Image, ImageStatus
+
+
+class ImageRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, image: Image) -> None:
+        self.session.add(image)
+        await self.session.flush()
+
+    async def get_for_owner(self, owner: str, image_id: str) -> Image | None:
+        result = await self.session.execute(
+            select(Image).where(
+                Image.id == image_id, Image.owner == owner, Image.status == ImageStatus.READY
+            )
+        )
+        return result.scalar_one_or_none()
+
+    async def list_for_owner(
+        self, owner: str, *, before_id: str | None, limit: int
+    ) -> Sequence[Image]:
+        """Newest first: ids are ULIDs, so id order is creation order (to the millisecond)
+        and a total order, which makes the keyset cursor stable under inserts and deletes."""
+        query = select(Image).where(Image.owner == owner, Image.status == ImageStatus.READY)
+        if before_id is not None:
+            query = query.where(Image.id < before_id)
+        query = query.order_by(Image.id.desc()).limit(limit)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def mark_ready(
+        self,
+        image_id: str,
+        *,
+        byte_size: int,
+        sha256: str,
+        frames: int,
+        visibility: str,
+        now: datetime,
+    ) -> bool:
+        """pending -> ready with the facts known only once the last byte passed; False if
+        the row is no longer pending (e.g. reclaimed by gc)."""
+        result = await self.session.execute(
+            update(Image)
+            .where(Image.id == image_id, Image.status == ImageStatus.PENDING)
+            .values(
+                status=ImageStatus.READY,
+                byte_size=byte_size,
+                sha256=sha256,
+                frames=frames,
+                visibility=visibility,
+                updated_at=now,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def mark_deleting(self, owner: str, image_id: str, *, now: datetime) -> Image | None:
+        """ready -> deleting for the owner's image; None if there is no such ready image.
+        The conditional UPDATE makes concurrent deletes race safely: exactly one wins."""
+        image = await self.get_for_owner(owner, image_id)
+        if image is None:
+            return None
+        result = await self.session.execute(
+            update(Image)
+            .where(Image.id == image_id, Image.status == ImageStatus.READY)
+            .values(status=ImageStatus.DELETING, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return None
+        return image
+
+    async def update_fields(self, owner: str, image_id: str, **values: object) -> Image | None:
+        image = await self.get_for_owner(owner, image_id)
+        if image is None:
+            return None
+        for name, value in values.items():
+            setattr(image, name, value)
+        await self.session.flush()
+        return image
+
+    async def remove(self, image_id: str) -> None:
+        await self.session.execute(delete(Image).where(Image.id == image_id))

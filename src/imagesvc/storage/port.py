@@ -1,0 +1,93 @@
+"""The object-store port: what the domain needs from storage, and nothing of any SDK.
+
+Adapters (S3, local directory) implement `ObjectStore`. They translate their own failures into
+the two exceptions below at their edge, so `botocore` (or `OSError`) never reaches the domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from imagesvc.errors import ServiceUnavailable
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """The store could not be reached or failed in a way a retry later may fix."""
+
+    code = "storage_unavailable"
+
+    def __init__(self, detail: str = "the object store is unavailable; retry shortly") -> None:
+        super().__init__(detail, retry_after=5)
+
+
+class ObjectMissing(Exception):
+    """The key does not exist in the store (a domain-level 404 or a dangling row)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    last_modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """An inclusive byte range, already validated against the object's size."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+class ObjectStream:
+    """Bytes of one object being read; always `aclose()` it (the body holds a connection)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], close: Callable[[], Awaitable[None]]) -> None:
+        self._chunks = chunks
+        self._close = close
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        await self._close()
+
+
+class ObjectWriter(Protocol):
+    """One object being written. Nothing is visible under the key before `complete()`."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def complete(self) -> None:
+        """Make the object durable under its key; raises StorageUnavailable on failure."""
+
+    async def abort(self) -> None:
+        """Discard everything written so far (open multipart upload included). Idempotent."""
+
+
+class ObjectStore(Protocol):
+    async def start(self) -> None:
+        """Open clients / create directories; called once by the app lifespan."""
+
+    async def open_write(self, key: str, *, content_type: str) -> ObjectWriter: ...
+
+    async def open_read(self, key: str, byte_range: ByteRange | None = None) -> ObjectStream:
+        """Raises ObjectMissing if the key does not exist."""
+
+    async def head(self, key: str) -> ObjectInfo | None: ...
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with prefix; returns how many were deleted."""
+
+    async def signed_url(self, key: str, *, ttl: int) -> str | None:
+        """A time-limited GET URL, or None when this store can only be read through us."""
+
+    async def ping(self) -> None:
+        """Raise StorageUnavailable unless the store (and its bucket) answers."""

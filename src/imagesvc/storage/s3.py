@@ -1,0 +1,341 @@
+"""S3 adapter over aioboto3: the only module that imports aioboto3/botocore.
+
+One client per process, opened and closed by the app lifespan. Every call is SigV4-signed, has
+connect/read timeouts and botocore's "standard" retries (exponential backoff on throttling,
+5xx and dropped connections; every call we make is safe to repeat because each upload writes
+a fresh key). Failures are translated here into the port's `StorageUnavailable` /
+`ObjectMissing`, so no botocore type leaks upward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aioboto3
+from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from imagesvc.storage.port import (
+    ByteRange,
+    ObjectInfo,
+    ObjectMissing,
+    ObjectStream,
+    StorageUnavailable,
+)
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+READ_CHUNK = 256 * 1024
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# DeleteObjects takes at most 1000 keys per call.
+_DELETE_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class S3Options:
+    bucket: str
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    addressing_style: str = "auto"
+    part_size: int = 8 * 1024 * 1024
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_pool_connections: int = 64
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+async def _call(what: str, op: Awaitable[T]) -> T:
+    """Await one S3 call, translating store failures into the port's exceptions."""
+    try:
+        return await op
+    except ClientError as exc:
+        code = _error_code(exc)
+        if code in _MISSING_CODES:
+            raise ObjectMissing(what) from None
+        log.warning("s3 %s failed: %s", what, code or "unknown error")
+        raise StorageUnavailable() from None
+    except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+        log.warning("s3 %s failed: %s", what, type(exc).__name__)
+        raise StorageUnavailable() from None
+
+
+class S3ObjectStore:
+    def __init__(self, options: S3Options) -> None:
+        self.options = options
+        self._stack = AsyncExitStack()
+        self._client: S3Client | None = None
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            raise RuntimeError("S3ObjectStore.start() was not awaited")
+        return self._client
+
+    @property
+    def bucket(self) -> str:
+        return self.options.bucket
+
+    async def start(self) -> None:
+        o = self.options
+        config = AioConfig(
+            signature_version="s3v4",
+            s3={"addressing_style": o.addressing_style},
+            connect_timeout=o.connect_timeout,
+            read_timeout=o.read_timeout,
+            retries={"total_max_attempts": 3, "mode": "standard"},
+            max_pool_connections=o.max_pool_connections,
+            # botocore >= 1.36 stores a whole-object CRC32 with each PutObject and checks it
+            # on every read, which breaks ranged reads on servers that echo it (rclone). We
+            # verify size and sha256 ourselves, so only send checksums where S3 demands them.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        session = aioboto3.Session()
+        self._client = await self._stack.enter_async_context(
+            session.client(
+                "s3",
+                region_name=o.region,
+                endpoint_url=o.endpoint_url,
+                aws_access_key_id=o.access_key_id,
+                aws_secret_access_key=o.secret_access_key,
+                config=config,
+            )
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def ensure_bucket(self) -> bool:
+        """Create the bucket when missing; True if it was created."""
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+            return False
+        except ClientError as exc:
+            if _error_code(exc) not in {"404", "NoSuchBucket", "NotFound"}:
+                raise StorageUnavailable() from None
+        params: dict[str, Any] = {"Bucket": self.bucket}
+        if self.options.region != "us-east-1":
+            params["CreateBucketConfiguration"] = {"LocationConstraint": self.options.region}
+        await _call("create_bucket", self.client.create_bucket(**params))
+        return True
+
+    async def open_write(self, key: str, *, content_type: str) -> S3Writer:
+        return S3Writer(self.client, self.bucket, key, content_type, self.options.part_size)
+
+    async def open_read(self, key: str, byte_range: ByteRange | None = None) -> ObjectStream:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if byte_range is not None:
+            params["Range"] = f"bytes={byte_range.start}-{byte_range.end}"
+        response = await _call(key, self.client.get_object(**params))
+        body = response["Body"]
+        # Some S3 implementations answer a ranged GET with 200 (rclone does, with a correct
+        # Content-Range); one that sends no Content-Range sent the whole object, so we cut
+        # the range out of the full body ourselves.
+        skip, limit = 0, None
+        if byte_range is not None:
+            limit = byte_range.length
+            if not response.get("ContentRange"):
+                skip = byte_range.start
+
+        async def chunks() -> AsyncIterator[bytes]:
+            to_skip, remaining = skip, limit
+            try:
+                while remaining is None or remaining > 0:
+                    data = await body.read(READ_CHUNK)
+                    if not data:
+                        return
+                    if to_skip:
+                        if len(data) <= to_skip:
+                            to_skip -= len(data)
+                            continue
+                        data, to_skip = data[to_skip:], 0
+                    if remaining is not None:
+                        data = data[:remaining]
+                        remaining -= len(data)
+                    yield data
+            except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+                log.warning("s3 read of an object failed mid-stream: %s", type(exc).__name__)
+                raise StorageUnavailable() from None
+
+        async def close() -> None:
+            body.close()
+
+        return ObjectStream(chunks(), close)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        try:
+            response = await _call(key, self.client.head_object(Bucket=self.bucket, Key=key))
+        except ObjectMissing:
+            return None
+        return ObjectInfo(
+            key=key, size=response["ContentLength"], last_modified=response["LastModified"]
+        )
+
+    async def list_keys(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            if token:
+                params["ContinuationToken"] = token
+            page = await _call("list_objects_v2", self.client.list_objects_v2(**params))
+            for item in page.get("Contents", []):
+                yield ObjectInfo(
+                    key=item["Key"], size=item["Size"], last_modified=item["LastModified"]
+                )
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    async def delete_prefix(self, prefix: str) -> int:
+        keys = [info.key async for info in self.list_keys(prefix)]
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = keys[start : start + _DELETE_BATCH]
+            response = await _call(
+                "delete_objects",
+                self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                ),
+            )
+            if response.get("Errors"):
+                log.warning("s3 delete_objects left %d keys", len(response["Errors"]))
+                raise StorageUnavailable()
+        return len(keys)
+
+    async def signed_url(self, key: str, *, ttl: int) -> str | None:
+        return await _call(
+            "presign",
+            self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl
+            ),
+        )
+
+    async def ping(self) -> None:
+        await _call("head_bucket", self.client.head_bucket(Bucket=self.bucket))
+
+
+class S3Writer:
+    """Streams one object: a single PutObject when it fits in one part, else a multipart
+    upload with one part buffered and at most one part in flight (memory ~ 2 x part size).
+    """
+
+    def __init__(
+        self, client: S3Client, bucket: str, key: str, content_type: str, part_size: int
+    ) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._content_type = content_type
+        self._part_size = part_size
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._in_flight: asyncio.Task[None] | None = None
+        self._finished = False
+
+    async def write(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= self._part_size:
+            with memoryview(self._buffer) as view:
+                part = bytes(view[: self._part_size])
+            del self._buffer[: self._part_size]
+            await self._send_part(part)
+
+    async def _send_part(self, part: bytes) -> None:
+        if self._upload_id is None:
+            created = await _call(
+                "create_multipart_upload",
+                self._client.create_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, ContentType=self._content_type
+                ),
+            )
+            self._upload_id = created["UploadId"]
+        await self._wait_in_flight()
+        number = len(self._parts) + 1
+        self._parts.append({"PartNumber": number})
+        self._in_flight = asyncio.create_task(self._upload_part(number, part))
+
+    async def _upload_part(self, number: int, part: bytes) -> None:
+        assert self._upload_id is not None
+        response = await _call(
+            "upload_part",
+            self._client.upload_part(
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=part,
+            ),
+        )
+        self._parts[number - 1]["ETag"] = response["ETag"]
+
+    async def _wait_in_flight(self) -> None:
+        if self._in_flight is not None:
+            task, self._in_flight = self._in_flight, None
+            await task
+
+    async def complete(self) -> None:
+        if self._upload_id is None:
+            body = bytes(self._buffer)
+            self._buffer = bytearray()
+            await _call(
+                "put_object",
+                self._client.put_object(
+                    Bucket=self._bucket, Key=self._key, Body=body, ContentType=self._content_type
+                ),
+            )
+        else:
+            if self._buffer:
+                last = bytes(self._buffer)
+                self._buffer = bytearray()
+                await self._send_part(last)
+            await self._wait_in_flight()
+            await _call(
+                "complete_multipart_upload",
+                self._client.complete_multipart_upload(
+                    Bucket=self._bucket,
+                    Key=self._key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                ),
+            )
+        self._finished = True
+
+    async def abort(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._buffer = bytearray()
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+            await asyncio.gather(self._in_flight, return_exceptions=True)
+            self._in_flight = None
+        if self._upload_id is not None:
+            await _best_effort(
+                lambda: self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, UploadId=self._upload_id or ""
+                )
+            )
+
+
+async def _best_effort(call: Callable[[], Awaitable[object]]) -> None:
+    """Run a clean-up call; failures are logged, never raised (gc finishes the job)."""
+    try:
+        await call()
+    except (ClientError, BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+        log.warning("s3 clean-up call failed, gc will retry: %s", type(exc).__name__)
