@@ -30,8 +30,14 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
     )
 
 
+def _database_url() -> str:
+    # `imagesvc migrate` and the tests pass the URL in; the alembic CLI reads the env.
+    url = config.attributes.get("database_url")
+    return url if isinstance(url, str) else load_settings().database_url
+
+
 def run_migrations_offline() -> None:
-    _configure(url=load_settings().database_url)
+    _configure(url=_database_url())
     with context.begin_transaction():
         context.run_migrations()
 
@@ -43,7 +49,7 @@ def _run_sync(connection: Connection) -> None:
 
 
 async def run_migrations_online() -> None:
-    engine = create_engine(load_settings())
+    engine = create_engine(load_settings(database_url=_database_url()))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)

@@ -12,8 +12,12 @@ import sys
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagesvc.config import ConfigurationError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger("imagesvc")
 
@@ -78,15 +82,21 @@ def script_location() -> str:
     return str(Path(__file__).resolve().parents[2] / "alembic")
 
 
-def migrate(settings: Settings) -> int:
-    from alembic import command
+def alembic_config(database_url: str) -> Config:
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", script_location())
     config.attributes["skip_logging"] = True
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def migrate(settings: Settings) -> int:
+    from alembic import command
+
     try:
-        command.upgrade(config, "head")
+        command.upgrade(alembic_config(settings.database_url), "head")
     except Exception as exc:  # the message, not a traceback, for an operator
         return _fail(f"migration failed: {type(exc).__name__}: {_one_line(exc)}", 1)
     print("database schema is up to date")

@@ -257,6 +257,8 @@ class ImageService:
     async def update(self, *, owner: str, image_id: str, changes: dict[str, object]) -> Image:
         values: dict[str, object] = {}
         if "visibility" in changes:
+            if changes["visibility"] is None:
+                raise InvalidParameter("visibility: must be `private` or `public`, not null")
             values["visibility"] = _visibility(changes["visibility"])
         if "filename" in changes:
             raw = changes["filename"]

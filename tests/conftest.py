@@ -1,0 +1,231 @@
+"""Fixtures: real MariaDB, real S3 servers (moto and rclone) over HTTP, and SQLite + local
+directory, each behind the real app. Tests using `client` run once per backend."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from alembic import command
+from botocore.config import Config as BotoConfig
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from imagesvc.app import create_app
+from imagesvc.cli import alembic_config
+from imagesvc.config import MIB, Settings
+from imagesvc.images.endpoints import current_owner
+from imagesvc.images.models import Image
+from tests.services import (
+    S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+    MariaDB,
+    Process,
+    start_mariadb,
+    start_moto,
+    start_rclone,
+)
+
+BACKENDS = ["mariadb+moto", "mariadb+rclone", "sqlite+local"]
+# Small limits so that the multipart-upload path and the 413 path run on modest bodies.
+TEST_PART_SIZE = 5 * MIB
+TEST_MAX_UPLOAD = 12 * MIB
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("imagesvc")
+
+
+@pytest.fixture(scope="session")
+def mariadb(workdir: Path) -> Iterator[MariaDB | str]:
+    """The throwaway MariaDB (or IMAGESVC_TEST_MYSQL_URL, when given), migrated to head."""
+    external = os.environ.get("IMAGESVC_TEST_MYSQL_URL")
+    if external:
+        command.upgrade(alembic_config(external), "head")
+        yield external
+        return
+    # Not under pytest's tmp dir: that is private to root, and mariadbd runs as `mysql`.
+    base = Path(tempfile.mkdtemp(prefix="imagesvc-mariadb-"))
+    base.chmod(0o755)
+    server = start_mariadb(base / "server")
+    command.upgrade(alembic_config(server.url), "head")
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def mysql_url(server: MariaDB | str) -> str:
+    return server if isinstance(server, str) else server.url
+
+
+@pytest.fixture(scope="session")
+def moto(workdir: Path) -> Iterator[tuple[Process, str]]:
+    process, url = start_moto(workdir)
+    boto_client(url).create_bucket(Bucket="imagesvc-moto")
+    yield process, url
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def rclone(workdir: Path) -> Iterator[tuple[Process, str]]:
+    process, url = start_rclone(workdir, workdir / "rclone-data", "imagesvc-rclone")
+    yield process, url
+    process.stop()
+
+
+def boto_client(endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+        config=BotoConfig(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+def s3_settings(endpoint: str, bucket: str, database_url: str, **extra: Any) -> Settings:
+    return Settings(
+        database_url=database_url,
+        storage_backend="s3",
+        s3_bucket=bucket,
+        s3_endpoint_url=endpoint,
+        s3_access_key_id=S3_ACCESS_KEY,
+        s3_secret_access_key=S3_SECRET_KEY,
+        s3_addressing_style="path",
+        s3_part_size=TEST_PART_SIZE,
+        max_upload_bytes=TEST_MAX_UPLOAD,
+        **extra,
+    )
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def settings(request: pytest.FixtureRequest, workdir: Path) -> Settings:
+    backend: str = request.param
+    if backend == "sqlite+local":
+        database_url = f"sqlite+aiosqlite:///{workdir / 'sqlite' / 'imagesvc.db'}"
+        (workdir / "sqlite").mkdir(exist_ok=True)
+        command.upgrade(alembic_config(database_url), "head")
+        return Settings(
+            database_url=database_url,
+            storage_backend="local",
+            storage_local_root=str(workdir / "objects"),
+            max_upload_bytes=TEST_MAX_UPLOAD,
+        )
+    database_url = mysql_url(request.getfixturevalue("mariadb"))
+    if backend == "mariadb+moto":
+        _, endpoint = request.getfixturevalue("moto")
+        return s3_settings(endpoint, "imagesvc-moto", database_url)
+    _, endpoint = request.getfixturevalue("rclone")
+    return s3_settings(endpoint, "imagesvc-rclone", database_url, s3_key_prefix="svc/")
+
+
+class Inspector:
+    """Looks at the store and the database behind the API's back."""
+
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.s3 = (
+            boto_client(settings.s3_endpoint_url or "")
+            if settings.storage_backend == "s3"
+            else None
+        )
+
+    def keys(self) -> set[str]:
+        if self.s3 is None:
+            root = Path(self.settings.storage_local_root)
+            return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+        keys: set[str] = set()
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.settings.s3_bucket
+        ):
+            keys.update(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    def read(self, key: str) -> bytes:
+        if self.s3 is None:
+            return (Path(self.settings.storage_local_root) / key).read_bytes()
+        body: bytes = self.s3.get_object(Bucket=self.settings.s3_bucket, Key=key)["Body"].read()
+        return body
+
+    def open_uploads(self) -> list[str]:
+        if self.s3 is None:
+            incoming = Path(self.settings.storage_local_root) / ".incoming"
+            return [p.name for p in incoming.glob("*")]
+        response = self.s3.list_multipart_uploads(Bucket=self.settings.s3_bucket)
+        return [upload["Key"] for upload in response.get("Uploads", [])]
+
+    async def rows(self, owner: str | None = None) -> int:
+        query = select(func.count()).select_from(Image)
+        if owner is not None:
+            query = query.where(Image.owner == owner)
+        async with self.app.state.engine.connect() as conn:
+            count: int = (await conn.execute(query)).scalar_one()
+            return count
+
+    async def row(self, image_id: str) -> Image | None:
+        async with self.app.state.images.sessions() as session:
+            image: Image | None = await session.get(Image, image_id)
+            return image
+
+
+async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    async for running in running_app(settings):
+        yield running
+
+
+@pytest.fixture
+def owner(app: FastAPI) -> Iterator[str]:
+    """A fresh owner per test, so tests never see each other's images."""
+    name = f"owner-{uuid.uuid4().hex[:12]}"
+    app.dependency_overrides[current_owner] = lambda: name
+    yield name
+    app.dependency_overrides.pop(current_owner, None)
+
+
+@pytest.fixture
+async def client(app: FastAPI, owner: str) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://imagesvc.test") as c:
+        yield c
+
+
+@pytest.fixture
+def inspector(app: FastAPI, settings: Settings) -> Inspector:
+    return Inspector(app, settings)
+
+
+@pytest.fixture
+def backend(settings: Settings) -> str:
+    return "s3" if settings.storage_backend == "s3" else "local"
+
+
+async def fetch_content(client: httpx.AsyncClient, image_id: str) -> httpx.Response:
+    """GET the content, following a redirect to the signed S3 URL over real HTTP."""
+    response = await client.get(f"/v1/images/{image_id}/content")
+    if response.status_code != 302:
+        return response
+    async with httpx.AsyncClient() as outside:
+        return await outside.get(response.headers["location"])

@@ -1,0 +1,256 @@
+"""Real dependencies for the tests, started from nothing: a throwaway MariaDB, moto's S3
+server, rclone's `serve s3`, and `imagesvc serve` itself. Each is a process on 127.0.0.1
+that a test may stop and start again."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+S3_ACCESS_KEY = "imagesvc-test"
+S3_SECRET_KEY = "imagesvc-test-secret-key"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not become ready within {timeout}s")
+
+
+def http_answers(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            httpx.get(url, timeout=0.5)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    return check
+
+
+class Process:
+    """A child process with its own log file, restartable with the same command."""
+
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        log_dir: Path,
+        *,
+        ready: Callable[[], bool],
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30,
+    ) -> None:
+        self.name = name
+        self.command = command
+        self.log_path = log_dir / f"{name}.log"
+        self.ready = ready
+        self.env = env
+        self.timeout = timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(self.env or {})},
+            start_new_session=True,
+        )
+        log.close()
+
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: see {self.log_path}")
+            return self.ready()
+
+        wait_until(up, timeout=self.timeout, what=self.name)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+def start_moto(log_dir: Path) -> tuple[Process, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = Process(
+        "moto",
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        log_dir,
+        ready=http_answers(url),
+    )
+    process.start()
+    return process, url
+
+
+def start_rclone(log_dir: Path, data_dir: Path, bucket: str) -> tuple[Process, str]:
+    # Buckets are the top-level directories of the served path.
+    (data_dir / bucket).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = Process(
+        "rclone",
+        [
+            str(BIN / "rclone"),
+            "serve",
+            "s3",
+            str(data_dir),
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--auth-key",
+            f"{S3_ACCESS_KEY},{S3_SECRET_KEY}",
+            "--config",
+            "/dev/null",
+        ],
+        log_dir,
+        ready=http_answers(url),
+    )
+    process.start()
+    return process, url
+
+
+class MariaDB:
+    """A throwaway MariaDB server in a temporary directory (isolated from the machine's
+    own instance, and stoppable by fault-injection tests)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = free_port()
+        self.datadir = base / "data"
+        self.rundir = base / "run"
+        self.process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mysql+asyncmy://root@127.0.0.1:{self.port}/imagesvc"
+
+    def install(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.datadir.mkdir(parents=True)
+        self.rundir.mkdir(parents=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.base, "mysql", "mysql")
+            for path in (self.datadir, self.rundir):
+                shutil.chown(path, "mysql", "mysql")
+        subprocess.run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                *(["--user=mysql"] if os.geteuid() == 0 else []),
+                f"--datadir={self.datadir}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        if self.process is None:
+            self.process = Process(
+                "mariadb",
+                [
+                    "mariadbd",
+                    "--no-defaults",
+                    *(["--user=mysql"] if os.geteuid() == 0 else []),
+                    f"--datadir={self.datadir}",
+                    f"--socket={self.rundir / 'mysqld.sock'}",
+                    f"--pid-file={self.rundir / 'mysqld.pid'}",
+                    f"--port={self.port}",
+                    "--bind-address=127.0.0.1",
+                    "--skip-log-bin",
+                    "--innodb-buffer-pool-size=128M",
+                    "--max-connections=500",
+                ],
+                self.base,
+                ready=self._accepts,
+            )
+        self.process.start()
+
+    def _accepts(self) -> bool:
+        result = subprocess.run(
+            ["mariadb", "-uroot", "-h127.0.0.1", f"-P{self.port}", "-e", "SELECT 1"],
+            capture_output=True,
+        )
+        return result.returncode == 0
+
+    def sql(self, statement: str) -> str:
+        result = subprocess.run(
+            ["mariadb", "-uroot", "-h127.0.0.1", f"-P{self.port}", "-N", "-e", statement],
+            capture_output=True,
+            check=True,
+            text=True,
+        )
+        return result.stdout
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+def start_mariadb(base: Path) -> MariaDB:
+    server = MariaDB(base)
+    server.install()
+    server.start()
+    server.sql("CREATE DATABASE imagesvc CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    return server
+
+
+def start_imagesvc(log_dir: Path, env: Mapping[str, str], *, workers: int = 1) -> tuple[Process, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = Process(
+        f"imagesvc-{port}",
+        [
+            str(BIN / "imagesvc"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        log_dir,
+        ready=http_answers(f"{url}/healthz"),
+        env=env,
+    )
+    process.start()
+    return process, url
