@@ -14,11 +14,11 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-from alembic import command
 from botocore.config import Config as BotoConfig
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from alembic import command
 from imagesvc.app import create_app
 from imagesvc.cli import alembic_config
 from imagesvc.config import MIB, Settings
@@ -167,7 +167,10 @@ class Inspector:
         if self.s3 is None:
             incoming = Path(self.settings.storage_local_root) / ".incoming"
             return [p.name for p in incoming.glob("*")]
-        response = self.s3.list_multipart_uploads(Bucket=self.settings.s3_bucket)
+        try:
+            response = self.s3.list_multipart_uploads(Bucket=self.settings.s3_bucket)
+        except self.s3.exceptions.NoSuchUpload:
+            return []  # rclone's answer for a bucket that never had a multipart upload
         return [upload["Key"] for upload in response.get("Uploads", [])]
 
     async def rows(self, owner: str | None = None) -> int:

@@ -233,7 +233,9 @@ def start_mariadb(base: Path) -> MariaDB:
     return server
 
 
-def start_imagesvc(log_dir: Path, env: Mapping[str, str], *, workers: int = 1) -> tuple[Process, str]:
+def start_imagesvc(
+    log_dir: Path, env: Mapping[str, str], *, workers: int = 1
+) -> tuple[Process, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = Process(

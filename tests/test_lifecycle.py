@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +15,9 @@ from tests.conftest import Inspector, fetch_content
 from tests.images import encode, jpeg
 
 
-async def upload(client: httpx.AsyncClient, data: bytes, name: str = "photo.jpg", **form: str) -> httpx.Response:
+async def upload(
+    client: httpx.AsyncClient, data: bytes, name: str = "photo.jpg", **form: str
+) -> httpx.Response:
     return await client.post("/v1/images", files={"file": (name, data, "image/jpeg")}, data=form)
 
 
@@ -28,7 +31,8 @@ async def test_upload_get_list_content_delete(
     assert created.status_code == 201, created.text
     image = created.json()
     assert created.headers["location"] == f"/v1/images/{image['id']}"
-    assert image["id"].startswith("img_") and len(image["id"]) == 30
+    assert image["id"].startswith("img_")
+    assert len(image["id"]) == 30
     assert image["status"] == "ready"
     assert image["content_type"] == "image/jpeg"
     assert (image["width"], image["height"], image["frames"]) == (640, 480, 1)
@@ -62,7 +66,8 @@ async def test_upload_get_list_content_delete(
         assert content.status_code == 302
         assert "max-age" in content.headers["cache-control"]
         signed = content.headers["location"]
-        assert "X-Amz-Signature=" in signed and "X-Amz-Algorithm=AWS4-HMAC-SHA256" in signed
+        assert "X-Amz-Signature=" in signed
+        assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in signed
         async with httpx.AsyncClient() as outside:
             direct = await outside.get(signed)
         assert direct.status_code == 200
@@ -111,13 +116,11 @@ async def test_raw_body_upload_with_filename_header(client: httpx.AsyncClient) -
     ],
 )
 async def test_type_and_size_come_from_the_bytes(
-    client: httpx.AsyncClient, fmt: str, content_type: str, options: dict[str, object]
+    client: httpx.AsyncClient, fmt: str, content_type: str, options: dict[str, Any]
 ) -> None:
     data = encode(fmt, (71, 29), **options)
     # The declared type is deliberately wrong: only the bytes count.
-    response = await client.post(
-        "/v1/images", files={"file": ("x.bin", data, "text/plain")}
-    )
+    response = await client.post("/v1/images", files={"file": ("x.bin", data, "text/plain")})
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["content_type"] == content_type

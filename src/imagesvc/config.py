@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     def _check_http_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if not value.startswith(("http://", "https://")) or "://" == value[-3:]:
+        if not value.startswith(("http://", "https://")) or value[-3:] == "://":
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 

@@ -139,7 +139,9 @@ def problem_response(
         "request_id": request_id_of(request),
     }
     body.update(extra or {})
-    return JSONResponse(body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_JSON)
+    return JSONResponse(
+        body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_JSON
+    )
 
 
 async def _handle_problem(request: Request, exc: Exception) -> JSONResponse:

@@ -57,7 +57,8 @@ class ImageOut(BaseModel):
 
     @classmethod
     def of(cls, image: Image) -> ImageOut:
-        assert image.byte_size is not None and image.sha256 is not None
+        assert image.byte_size is not None
+        assert image.sha256 is not None
         base = f"/v1/images/{image.id}"
         return cls(
             id=image.id,
@@ -71,7 +72,7 @@ class ImageOut(BaseModel):
             filename=image.filename,
             visibility=Visibility(image.visibility),
             created_at=image.created_at,
-            links=ImageLinks(self_=base, content=f"{base}/content"),
+            links=ImageLinks.model_validate({"self": base, "content": f"{base}/content"}),
         )
 
 

@@ -380,4 +380,3 @@ class _Measured:
             raise UnsupportedMediaType(str(exc)) from None
         self._check_pixels()
         return info
-

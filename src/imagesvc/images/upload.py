@@ -184,7 +184,9 @@ class _MultipartReader:
                 return ("file_data", data)
             self._field_value += data
             if len(self._field_value) > MAX_FIELD_BYTES:
-                raise BadRequest(f"form field {self._part_name!r} is longer than {MAX_FIELD_BYTES} bytes")
+                raise BadRequest(
+                    f"form field {self._part_name!r} is longer than {MAX_FIELD_BYTES} bytes"
+                )
         elif kind == "end":
             if not self._in_file and self._part_name is not None:
                 self.fields[self._part_name] = self._field_value.decode("utf-8", errors="replace")

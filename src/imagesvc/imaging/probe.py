@@ -165,9 +165,7 @@ class StreamProbe:
 
     def _isobmff_format(self, head: bytes) -> Format:
         size = struct.unpack(">I", head[:4])[0]
-        brands = {head[8:12]} | {
-            head[i : i + 4] for i in range(16, min(size, SNIFF_BYTES) - 3, 4)
-        }
+        brands = {head[8:12]} | {head[i : i + 4] for i in range(16, min(size, SNIFF_BYTES) - 3, 4)}
         if brands & {b"avif", b"avis"}:
             return AVIF
         if self.allow_heic and brands & {b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1"}:
@@ -360,7 +358,9 @@ def _gif_sub_blocks(cursor: _Cursor) -> Generator[_Request, bytes | None, None]:
 
 
 _COUNTED = (GIF, WEBP, AVIF, HEIC)
-_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_SOF = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
 
 
 def _webp_dimensions(kind: bytes, chunk: bytes) -> tuple[int, int, bool]:

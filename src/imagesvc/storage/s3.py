@@ -30,6 +30,7 @@ from imagesvc.storage.port import (
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ async def _call(what: str, op: Awaitable[T]) -> T:
             raise ObjectMissing(what) from None
         log.warning("s3 %s failed: %s", what, code or "unknown error")
         raise StorageUnavailable() from None
-    except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, BotoCoreError, OSError) as exc:
         log.warning("s3 %s failed: %s", what, type(exc).__name__)
         raise StorageUnavailable() from None
 
@@ -168,7 +169,7 @@ class S3ObjectStore:
                         data = data[:remaining]
                         remaining -= len(data)
                     yield data
-            except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, BotoCoreError, OSError) as exc:
                 log.warning("s3 read of an object failed mid-stream: %s", type(exc).__name__)
                 raise StorageUnavailable() from None
 
@@ -244,7 +245,7 @@ class S3Writer:
         self._part_size = part_size
         self._buffer = bytearray()
         self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []
+        self._parts: list[CompletedPartTypeDef] = []
         self._in_flight: asyncio.Task[None] | None = None
         self._finished = False
 
@@ -337,5 +338,5 @@ async def _best_effort(call: Callable[[], Awaitable[object]]) -> None:
     """Run a clean-up call; failures are logged, never raised (gc finishes the job)."""
     try:
         await call()
-    except (ClientError, BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
         log.warning("s3 clean-up call failed, gc will retry: %s", type(exc).__name__)
