@@ -1,0 +1,104 @@
+"""Unit tests of small pure pieces: filenames, cursors, ranges, configuration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from imagesvc.config import ConfigurationError, load_settings
+from imagesvc.errors import InvalidParameter
+from imagesvc.images.cursor import decode_cursor, encode_cursor
+from imagesvc.images.endpoints import parse_range
+from imagesvc.images.filenames import sanitise_filename
+from imagesvc.images.service import RangeRequest
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("photo.jpg", "photo.jpg"),
+        ("/abs/path/photo.jpg", "photo.jpg"),
+        ("C:\\Users\\me\\photo.jpg", "photo.jpg"),
+        ("a\x00b\r\n.jpg", "ab.jpg"),
+        ("  .hidden  ", "hidden"),
+        ("", None),
+        (None, None),
+        ("../..", None),
+        ("e\u0301.jpg", "\u00e9.jpg"),  # NFC
+        ("x" * 300, "x" * 255),
+        ("y" * 300 + ".jpeg", "y" * 250 + ".jpeg"),
+    ],
+)
+def test_sanitise_filename(raw: str | None, expected: str | None) -> None:
+    assert sanitise_filename(raw) == expected
+
+
+def test_cursor_round_trip_and_refusals() -> None:
+    image_id = "img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S"
+    assert decode_cursor(encode_cursor(image_id)) == image_id
+    for bad in ["", "abc", encode_cursor("img_short"), "////", "\u00e9"]:
+        with pytest.raises(InvalidParameter):
+            decode_cursor(bad)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=0-9", RangeRequest(0, 9)),
+        ("bytes=5-", RangeRequest(5, None)),
+        ("bytes=-5", RangeRequest(None, 5)),
+        ("bytes=9-0", None),
+        ("bytes=0-1,3-4", None),
+        ("bytes=-", None),
+        ("bytes=\u00b2-3", None),
+        ("lines=0-9", None),
+        (None, None),
+    ],
+)
+def test_parse_range(header: str | None, expected: RangeRequest | None) -> None:
+    assert parse_range(header) == expected
+
+
+def test_range_resolution() -> None:
+    assert RangeRequest(None, 500).resolve(100).start == 0
+    assert RangeRequest(10, None).resolve(100).end == 99
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"IMAGESVC_STORAGE_BACKEND": "s3"}, "IMAGESVC_S3_BUCKET is required"),
+        ({"IMAGESVC_DATABASE_URL": "not a url"}, "IMAGESVC_DATABASE_URL"),
+        ({"IMAGESVC_DATABASE_URL": "mysql://u:secretpw@h/db"}, "not supported"),
+        ({"IMAGESVC_STORAGE_BACKEND": "ftp"}, "IMAGESVC_STORAGE_BACKEND"),
+        ({"IMAGESVC_S3_PART_SIZE": "1024"}, "IMAGESVC_S3_PART_SIZE"),
+        ({"IMAGESVC_MAX_UPLOAD_BYTES": "lots"}, "IMAGESVC_MAX_UPLOAD_BYTES"),
+        ({"IMAGESVC_S3_ENDPOINT_URL": "localhost:9000"}, "IMAGESVC_S3_ENDPOINT_URL"),
+    ],
+)
+def test_invalid_configuration_exits_2_with_one_line(env: dict[str, str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "imagesvc", "serve"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "secretpw" not in result.stderr
+
+
+def test_key_prefix_gets_its_slash() -> None:
+    assert load_settings(s3_key_prefix="tenant-a").s3_key_prefix == "tenant-a/"
+    assert load_settings(s3_key_prefix="").s3_key_prefix == ""
+
+
+def test_access_key_without_secret_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="IMAGESVC_S3_SECRET_ACCESS_KEY"):
+        load_settings(s3_access_key_id="AKIA")
