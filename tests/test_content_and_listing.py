@@ -94,7 +94,9 @@ async def test_redirect_is_signed_and_expires_with_the_ttl(
 ) -> None:
     if backend != "s3":
         pytest.skip("the local backend has nothing to sign: it always proxies")
-    created = await client.post("/v1/images", content=jpeg(), headers={"Content-Type": "image/jpeg"})
+    created = await client.post(
+        "/v1/images", content=jpeg(), headers={"Content-Type": "image/jpeg"}
+    )
     response = await client.get(f"/v1/images/{created.json()['id']}/content")
     assert response.status_code == 302
     ttl = app.state.images.serve.signed_url_ttl
@@ -106,7 +108,9 @@ async def test_listing_is_newest_first_with_a_stable_cursor(client: httpx.AsyncC
     ids = []
     for index in range(7):
         created = await client.post(
-            "/v1/images", content=jpeg(color=(index * 30, 0, 0)), headers={"Content-Type": "image/jpeg"}
+            "/v1/images",
+            content=jpeg(color=(index * 30, 0, 0)),
+            headers={"Content-Type": "image/jpeg"},
         )
         ids.append(created.json()["id"])
     newest_first = ids[::-1]
@@ -148,7 +152,9 @@ async def test_listing_is_newest_first_with_a_stable_cursor(client: httpx.AsyncC
         {"cursor": "x" * 500},
     ],
 )
-async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, params: dict[str, str]) -> None:
+async def test_bad_list_parameters_are_422(
+    client: httpx.AsyncClient, params: dict[str, str]
+) -> None:
     response = await client.get("/v1/images", params=params)
     assert response.status_code == 422
     problem = response.json()
@@ -156,8 +162,12 @@ async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, params: di
     assert response.headers["content-type"] == "application/problem+json"
 
 
-async def test_owner_scope_hides_other_owners_images(app: FastAPI, client: httpx.AsyncClient) -> None:
-    created = await client.post("/v1/images", content=jpeg(), headers={"Content-Type": "image/jpeg"})
+async def test_owner_scope_hides_other_owners_images(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    created = await client.post(
+        "/v1/images", content=jpeg(), headers={"Content-Type": "image/jpeg"}
+    )
     image_id = created.json()["id"]
     app.dependency_overrides[current_owner] = lambda: "somebody-else"
     for method, path in [
@@ -173,7 +183,9 @@ async def test_owner_scope_hides_other_owners_images(app: FastAPI, client: httpx
     assert image_id not in [i["id"] for i in listed["items"]]
 
 
-@pytest.mark.parametrize("bad_id", ["nope", "img_0", "1", "img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S", "x" * 64])
+@pytest.mark.parametrize(
+    "bad_id", ["nope", "img_0", "1", "img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S", "x" * 64]
+)
 async def test_unknown_ids_are_404_problems(client: httpx.AsyncClient, bad_id: str) -> None:
     response = await client.get(f"/v1/images/{bad_id}")
     assert response.status_code == 404

@@ -40,7 +40,10 @@ def test_still_images_any_chunking(
     assert probe(data, step) == (content_type, 123, 45, 1)
 
 
-@pytest.mark.parametrize(("fmt", "content_type"), [("GIF", "image/gif"), ("PNG", "image/png"), ("WEBP", "image/webp"), ("AVIF", "image/avif")])
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [("GIF", "image/gif"), ("PNG", "image/png"), ("WEBP", "image/webp"), ("AVIF", "image/avif")],
+)
 @pytest.mark.parametrize("step", [1, 7, 1 << 20])
 def test_animated_frame_counts(fmt: str, content_type: str, step: int) -> None:
     data = encode(fmt, (16, 9), frames=5)
@@ -48,14 +51,16 @@ def test_animated_frame_counts(fmt: str, content_type: str, step: int) -> None:
 
 
 def test_jpeg_with_large_exif_and_icc_segments() -> None:
-    from PIL import Image
-
     import io
+
+    from PIL import Image
 
     exif = Image.Exif()
     exif[0x010E] = "x" * 60_000  # ImageDescription: a near-maximal APP1 segment
     buffer = io.BytesIO()
-    Image.new("RGB", (800, 600)).save(buffer, "JPEG", exif=exif.tobytes(), icc_profile=os.urandom(200_000))
+    Image.new("RGB", (800, 600)).save(
+        buffer, "JPEG", exif=exif.tobytes(), icc_profile=os.urandom(200_000)
+    )
     assert probe(buffer.getvalue(), 4096) == ("image/jpeg", 800, 600, 1)
 
 

@@ -113,7 +113,10 @@ async def test_client_disconnect_mid_upload_leaves_nothing(
 
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if not open_uploads(rclone[1]) and await pending_rows(env["IMAGESVC_DATABASE_URL"]) == before:
+        if (
+            not open_uploads(rclone[1])
+            and await pending_rows(env["IMAGESVC_DATABASE_URL"]) == before
+        ):
             break
         await asyncio.sleep(0.2)
     assert open_uploads(rclone[1]) == []
@@ -153,7 +156,9 @@ async def test_300_mib_upload_keeps_server_memory_flat(
 
     async with httpx.AsyncClient(base_url=url, timeout=300) as client:
         # Warm up (first request imports and allocates), then measure from the baseline.
-        warm = await client.post("/v1/images", content=jpeg(), headers={"Content-Type": "image/jpeg"})
+        warm = await client.post(
+            "/v1/images", content=jpeg(), headers={"Content-Type": "image/jpeg"}
+        )
         await client.delete(warm.json()["links"]["self"])
         sampler = RssSampler(process.pid)
         baseline = sampler.peak
