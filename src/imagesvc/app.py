@@ -19,7 +19,8 @@ from imagesvc.config import MIB, Settings, load_settings
 from imagesvc.db import create_engine, create_sessionmaker
 from imagesvc.errors import install_problem_handlers, problem_response
 from imagesvc.images.endpoints import router as images_router
-from imagesvc.images.service import ImageService, ServeOptions, UploadLimits
+from imagesvc.images.ingest import UploadLimits
+from imagesvc.images.service import ImageService, ServeOptions
 from imagesvc.storage.local import LocalObjectStore
 from imagesvc.storage.port import ObjectStore
 from imagesvc.storage.s3 import S3ObjectStore, S3Options

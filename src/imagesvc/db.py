@@ -7,9 +7,12 @@ request, so that a long streaming upload or download never pins a pooled connect
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.dialects import mysql
@@ -23,6 +26,9 @@ from sqlalchemy.types import TypeDecorator
 
 from imagesvc.config import Settings
 from imagesvc.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What a down, restarting or overloaded database raises; anything else is a bug (500).
 UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, PoolTimeoutError, ConnectionError)
@@ -109,3 +115,34 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def transaction(
+    sessions: async_sessionmaker[AsyncSession],
+    work: Callable[[AsyncSession], Awaitable[T]],
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 (bounds the whole transaction, by design)
+    retry_read: bool = False,
+) -> T:
+    """Run `work` in one short transaction: commit on success, roll back on error.
+
+    This is the edge of the database port: a database that is down, restarting or hung
+    becomes DatabaseUnavailable (503 + Retry-After) within `timeout` seconds instead of a
+    500 or a hung request. `retry_read=True` retries once, for read-only work, when a
+    pooled connection turns out to be dead (server restarted): safe because nothing was
+    written.
+    """
+    attempts = 2 if retry_read else 1
+    for attempt in range(attempts):
+        try:
+            async with asyncio.timeout(timeout), sessions.begin() as session:
+                return await work(session)
+        except UNAVAILABLE_ERRORS as exc:
+            if attempt + 1 < attempts and getattr(exc, "connection_invalidated", False):
+                continue
+            log.warning("database unavailable: %s", type(exc).__name__)
+            raise DatabaseUnavailable() from None
+        except TimeoutError:
+            log.warning("database did not answer within %.1fs", timeout)
+            raise DatabaseUnavailable() from None
+    raise AssertionError("unreachable")  # pragma: no cover

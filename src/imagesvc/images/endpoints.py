@@ -11,6 +11,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 
 from imagesvc.errors import problem_responses
 from imagesvc.images.cursor import decode_cursor, encode_cursor
+from imagesvc.images.ingest import UploadRequest
 from imagesvc.images.models import Visibility
 from imagesvc.images.schemas import ImageList, ImageOut, ImagePatch
 from imagesvc.images.service import (
@@ -97,7 +98,7 @@ UPLOAD_BODY: dict[str, Any] = {
     openapi_extra=UPLOAD_BODY,
     responses={
         201: {"headers": {"Location": {"schema": {"type": "string"}}}},
-        **problem_responses(400, 413, 415, 422, 503),
+        **problem_responses(400, 409, 413, 415, 422, 503),
     },
 )
 async def create_image(
@@ -108,17 +109,31 @@ async def create_image(
     visibility: Annotated[
         Visibility | None, Query(description="Overrides the `visibility` form field.")
     ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description=(
+                "Retry-safe uploads: the same key and the same upload within 24 hours "
+                "return the first result and create nothing new (1-255 visible ASCII "
+                "characters; scoped to the caller)."
+            ),
+        ),
+    ] = None,
 ) -> ImageOut:
     body = await read_upload(request, max_file_bytes=service.limits.max_upload_bytes)
-    image = await service.create(
+    upload = UploadRequest(
         owner=owner,
         chunks=body.chunks,
         filename=body.filename,
         fields=body.fields,
         visibility=visibility,
     )
-    response.headers["Location"] = f"/v1/images/{image.id}"
-    return ImageOut.of(image)
+    created = await service.create(upload, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/v1/images/{created.image.id}"
+    if created.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return ImageOut.of(created.image)
 
 
 @router.get(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Index, Integer, String
+from sqlalchemy import BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from imagesvc.db import Base, UTCDateTime
@@ -55,5 +55,34 @@ class Image(Base):
         Index("ix_images_status_updated_at", "status", "updated_at"),
         # Binary collation: owners and ids compare byte for byte ("Alice" is not "alice"),
         # and filenames keep any unicode.
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},
+    )
+
+
+class IdempotencyState(StrEnum):
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+
+
+class IdempotencyRecord(Base):
+    """One `Idempotency-Key` of one owner: claimed while its upload runs, then the first
+    result, replayed for 24 hours to the same request (SPEC §4)."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    # sha256 over (body sha256, filename, visibility) of the request that completed.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # The created image as it was returned (JSON), so a replay is the same response even
+    # after the image was changed or deleted.
+    response: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Heartbeat while in progress: a claim not refreshed within the upload lease is stale.
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_idempotency_keys_created_at", "created_at"),
         {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},
     )

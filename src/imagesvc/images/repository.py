@@ -91,5 +91,54 @@ class ImageRepository:
         await self.session.flush()
         return image
 
-    async def remove(self, image_id: str) -> None:
-        await self.session.execute(delete(Image).where(Image.id == image_id))
+    async def touch_pending(self, image_id: str, *, now: datetime) -> None:
+        """The upload's heartbeat: it is alive, keep its lease."""
+        await self.session.execute(
+            update(Image)
+            .where(Image.id == image_id, Image.status == ImageStatus.PENDING)
+            .values(updated_at=now)
+        )
+
+    async def remove(self, image_id: str, status: str) -> bool:
+        """Delete the row if it is still in `status` (so a stale actor cannot remove a row
+        that moved on, e.g. a pending row that became ready)."""
+        result = await self.session.execute(
+            delete(Image).where(Image.id == image_id, Image.status == status)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def stale(self, *, before: datetime, limit: int) -> Sequence[Image]:
+        """Pending and deleting rows whose actor has not been heard of since `before`."""
+        query = (
+            select(Image)
+            .where(
+                Image.status.in_((ImageStatus.PENDING, ImageStatus.DELETING)),
+                Image.updated_at < before,
+            )
+            .order_by(Image.updated_at)
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+    async def claim_stale_pending(self, image_id: str, *, before: datetime) -> bool:
+        """pending -> deleting for a dead upload, unless its heartbeat came back meanwhile.
+        Once claimed, the uploader's own `mark_ready` can no longer succeed."""
+        result = await self.session.execute(
+            update(Image)
+            .where(
+                Image.id == image_id,
+                Image.status == ImageStatus.PENDING,
+                Image.updated_at < before,
+            )
+            .values(status=ImageStatus.DELETING)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def states(self, image_ids: Sequence[str]) -> dict[str, tuple[str, datetime]]:
+        """Status and last update of whichever of these ids have a row."""
+        if not image_ids:
+            return {}
+        result = await self.session.execute(
+            select(Image.id, Image.status, Image.updated_at).where(Image.id.in_(image_ids))
+        )
+        return {row.id: (row.status, row.updated_at) for row in result}

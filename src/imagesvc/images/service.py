@@ -1,61 +1,31 @@
-"""The image lifecycle: create (streamed), read, list, update, serve and delete.
+"""The image lifecycle: create (see ingest.py), read, list, update, serve and delete.
 
-Upload protocol (SPEC §4): the bytes are sniffed first (type, size and pixel limits, nothing
-written yet); then a `pending` row records the intent and the storage key; the bytes stream to
-the store; only after the store confirmed the object is the row flipped to `ready` with the
-size and sha256 computed on the way. Any failure aborts the store write and removes the
-pending row; whatever a crash leaves behind is a `pending` row that `imagesvc gc` reclaims.
-
-Delete protocol: the row goes `ready -> deleting` (the image disappears for clients at once),
-then the objects are deleted, then the row. A crash in between leaves a `deleting` row whose
-objects gc finishes removing, so no `ready` row ever points at a missing object.
+Delete protocol: the row goes `ready -> deleting` (the image disappears for clients at once,
+and of two concurrent deletes exactly one wins), then the objects are deleted, then the row.
+A crash or a store failure in between leaves a `deleting` row that `imagesvc gc` finishes,
+so no `ready` row ever points at a missing object.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from imagesvc.db import UNAVAILABLE_ERRORS, DatabaseUnavailable, utcnow
-from imagesvc.errors import (
-    BadRequest,
-    InvalidParameter,
-    NotFound,
-    PayloadTooLarge,
-    RangeNotSatisfiable,
-    ServiceUnavailable,
-    UnsupportedMediaType,
-)
-from imagesvc.ids import new_image_id
+from imagesvc.db import transaction, utcnow
+from imagesvc.errors import InvalidParameter, NotFound, RangeNotSatisfiable, ServiceUnavailable
 from imagesvc.images.filenames import sanitise_filename
-from imagesvc.images.models import Image, ImageStatus, Visibility
+from imagesvc.images.idempotency import Created, IdempotentUploads
+from imagesvc.images.ingest import Ingest, UploadLimits, UploadRequest, parse_visibility
+from imagesvc.images.models import Image, ImageStatus
 from imagesvc.images.repository import ImageRepository
-from imagesvc.imaging.probe import ImageInfo, NotAnImage, StreamProbe
-from imagesvc.storage.port import (
-    ByteRange,
-    ObjectMissing,
-    ObjectStore,
-    ObjectStream,
-    ObjectWriter,
-)
+from imagesvc.storage.port import ByteRange, ObjectMissing, ObjectStore, ObjectStream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class UploadLimits:
-    max_upload_bytes: int
-    max_pixels: int
-    # Bytes we may hold while looking for the image header, before anything is written.
-    header_budget: int
-    allow_heic: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,126 +99,53 @@ class ImageService:
         limits: UploadLimits,
         serve: ServeOptions,
         key_prefix: str = "",
+        db_timeout: float = 10.0,
     ) -> None:
         self.sessions = sessions
         self.store = store
         self.limits = limits
         self.serve = serve
         self.key_prefix = key_prefix
+        self.db_timeout = db_timeout
+        self.ingest = Ingest(sessions, store, limits, self.image_prefix, db_timeout)
+        self.idempotency = IdempotentUploads(sessions, self.ingest, db_timeout=db_timeout)
 
     def image_prefix(self, image_id: str) -> str:
         """Every object of an image (original and variants) lives under this prefix."""
         return f"{self.key_prefix}img/{image_id}/"
 
-    async def _tx(self, work: Callable[[ImageRepository], Awaitable[T]]) -> T:
-        """One short transaction: commit on success, roll back on error; a database that
-        cannot be reached becomes a 503 here, the edge of the database port."""
-        try:
-            async with self.sessions.begin() as session:
-                return await work(ImageRepository(session))
-        except UNAVAILABLE_ERRORS as exc:
-            log.warning("database unavailable: %s", type(exc).__name__)
-            raise DatabaseUnavailable() from None
+    async def _tx(
+        self, work: Callable[[ImageRepository], Awaitable[T]], *, read_only: bool = False
+    ) -> T:
+        """One short transaction (see db.transaction): 503 when the database is away."""
+        return await transaction(
+            self.sessions,
+            lambda session: work(ImageRepository(session)),
+            timeout=self.db_timeout,
+            retry_read=read_only,
+        )
 
     # --- create -----------------------------------------------------------------------------
 
     async def create(
-        self,
-        *,
-        owner: str,
-        chunks: AsyncIterator[bytes],
-        filename: str | None,
-        fields: dict[str, str],
-        visibility: str | None = None,
-    ) -> Image:
-        upload = _Measured(self.limits)
-        head = await upload.read_header(chunks)
-        info = upload.probe.info
-        assert info is not None
-
-        image_id, created_at = new_image_id()
-        image = Image(
-            id=image_id,
-            owner=owner,
-            status=ImageStatus.PENDING,
-            storage_key=self.image_prefix(image_id) + "original",
-            content_type=info.format.content_type,
-            width=info.width,
-            height=info.height,
-            frames=info.frames,
-            filename=sanitise_filename(filename),
-            visibility=_visibility(visibility or fields.get("visibility")),
-            created_at=created_at,
-            updated_at=created_at,
-        )
-        await self._tx(lambda repo: repo.add(image))
-
-        writer = await self._open_writer(image)
-        written = False
-        try:
-            for chunk in head:
-                await writer.write(chunk)
-            head.clear()
-            async for chunk in chunks:
-                upload.take(chunk)
-                await writer.write(chunk)
-            final = upload.finish()
-            # A text field sent after the file is only known now.
-            image.frames = final.frames
-            image.visibility = _visibility(visibility or fields.get("visibility"))
-            written = True
-            await writer.complete()
-            now = utcnow()
-            became_ready = await self._tx(
-                lambda repo: repo.mark_ready(
-                    image.id,
-                    byte_size=upload.size,
-                    sha256=upload.sha256,
-                    frames=image.frames,
-                    visibility=image.visibility,
-                    now=now,
-                )
-            )
-            if not became_ready:
-                raise ServiceUnavailable("the upload was interrupted; retry it")
-        except BaseException:
-            # Shielded: a cancelled request still cleans up (gc is the net if this fails).
-            await asyncio.shield(self._discard(image, writer, object_written=written))
-            raise
-        image.status = ImageStatus.READY
-        image.byte_size, image.sha256, image.updated_at = upload.size, upload.sha256, now
-        return image
-
-    async def _open_writer(self, image: Image) -> ObjectWriter:
-        try:
-            return await self.store.open_write(image.storage_key, content_type=image.content_type)
-        except BaseException:
-            await asyncio.shield(self._discard(image, None, object_written=False))
-            raise
-
-    async def _discard(
-        self, image: Image, writer: ObjectWriter | None, *, object_written: bool
-    ) -> None:
-        try:
-            if writer is not None:
-                await writer.abort()
-            if object_written:
-                await self.store.delete_prefix(self.image_prefix(image.id))
-            await self._tx(lambda repo: repo.remove(image.id))
-        except Exception:
-            log.warning("could not clean up failed upload %s; gc will", image.id, exc_info=True)
+        self, request: UploadRequest, *, idempotency_key: str | None = None
+    ) -> Created:
+        if idempotency_key is None:
+            return Created(await self.ingest.create(request), replayed=False)
+        return await self.idempotency.create(request, idempotency_key)
 
     # --- read -------------------------------------------------------------------------------
 
     async def get(self, *, owner: str, image_id: str) -> Image:
-        image = await self._tx(lambda repo: repo.get_for_owner(owner, image_id))
+        image = await self._tx(lambda repo: repo.get_for_owner(owner, image_id), read_only=True)
         if image is None:
             raise NotFound(f"no image {image_id}")
         return image
 
     async def list(self, *, owner: str, after: str | None, limit: int) -> Page:
         rows = await self._tx(
-            lambda repo: repo.list_for_owner(owner, before_id=after, limit=limit + 1)
+            lambda repo: repo.list_for_owner(owner, before_id=after, limit=limit + 1),
+            read_only=True,
         )
         items = rows[:limit]
         more = len(rows) > limit
@@ -259,7 +156,7 @@ class ImageService:
         if "visibility" in changes:
             if changes["visibility"] is None:
                 raise InvalidParameter("visibility: must be `private` or `public`, not null")
-            values["visibility"] = _visibility(changes["visibility"])
+            values["visibility"] = parse_visibility(changes["visibility"])
         if "filename" in changes:
             raw = changes["filename"]
             values["filename"] = sanitise_filename(raw if isinstance(raw, str) else None)
@@ -308,75 +205,6 @@ class ImageService:
         # stays `deleting` and gc finishes the job, so the client still gets its 204.
         try:
             await self.store.delete_prefix(self.image_prefix(image.id))
-            await self._tx(lambda repo: repo.remove(image.id))
+            await self._tx(lambda repo: repo.remove(image.id, ImageStatus.DELETING))
         except ServiceUnavailable:
             log.warning("delete of %s left for gc to finish", image.id)
-
-
-def _visibility(value: object) -> str:
-    if value is None:
-        return Visibility.PRIVATE
-    try:
-        return Visibility(str(value))
-    except ValueError:
-        raise InvalidParameter("visibility: must be `private` or `public`") from None
-
-
-class _Measured:
-    """Counts, hashes and probes the upload's bytes, enforcing the limits as they arrive."""
-
-    def __init__(self, limits: UploadLimits) -> None:
-        self.limits = limits
-        self.probe = StreamProbe(allow_heic=limits.allow_heic)
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-    def take(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.limits.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"the upload is larger than the limit of {self.limits.max_upload_bytes} bytes"
-            )
-        self._hash.update(chunk)
-        try:
-            self.probe.feed(chunk)
-        except NotAnImage as exc:
-            raise UnsupportedMediaType(str(exc)) from None
-        self._check_pixels()
-
-    def _check_pixels(self) -> None:
-        info = self.probe.info
-        if info is not None and info.pixels > self.limits.max_pixels:
-            raise PayloadTooLarge(
-                f"the image has {info.pixels} pixels (width x height x frames), over the "
-                f"limit of {self.limits.max_pixels}"
-            )
-
-    async def read_header(self, chunks: AsyncIterator[bytes]) -> list[bytes]:
-        """Consume chunks until type and size are known; return them for replay."""
-        head: list[bytes] = []
-        async for chunk in chunks:
-            self.take(chunk)
-            head.append(chunk)
-            if self.probe.info is not None:
-                return head
-            if self.size > self.limits.header_budget:
-                raise UnsupportedMediaType(
-                    f"no image header was found in the first {self.limits.header_budget} bytes"
-                )
-        if self.size == 0:
-            raise BadRequest("the upload is empty")
-        self.finish()
-        return head
-
-    def finish(self) -> ImageInfo:
-        try:
-            info = self.probe.finish()
-        except NotAnImage as exc:
-            raise UnsupportedMediaType(str(exc)) from None
-        self._check_pixels()
-        return info

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import quote, unquote
 
 from anyio import to_thread
 
@@ -23,6 +24,7 @@ from imagesvc.storage.port import (
     ObjectMissing,
     ObjectStream,
     StorageUnavailable,
+    UploadInfo,
 )
 
 READ_CHUNK = 256 * 1024
@@ -51,7 +53,8 @@ class LocalObjectStore:
 
     async def open_write(self, key: str, *, content_type: str) -> _LocalWriter:
         final = self.path_of(key)
-        temp = self.root / INCOMING / f"{uuid.uuid4().hex}.part"
+        # The key is in the temp name so the reconciler can tell whose upload it is.
+        temp = self.root / INCOMING / f"{quote(key, safe='')}.{uuid.uuid4().hex}.part"
         handle = await to_thread.run_sync(_open_exclusive, temp)
         return _LocalWriter(handle, temp, final)
 
@@ -104,6 +107,50 @@ class LocalObjectStore:
         count = sum(1 for p in target.rglob("*") if p.is_file())
         shutil.rmtree(target)
         return count
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        infos = await to_thread.run_sync(self._list_objects, prefix)
+        for info in infos:
+            yield info
+
+    def _list_objects(self, prefix: str) -> list[ObjectInfo]:
+        found = []
+        for path in self.root.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(INCOMING) or not key.startswith(prefix) or not path.is_file():
+                continue
+            stat = path.stat()
+            modified = datetime.fromtimestamp(stat.st_mtime, tz=UTC)
+            found.append(ObjectInfo(key=key, size=stat.st_size, last_modified=modified))
+        return found
+
+    async def delete_keys(self, keys: Sequence[str]) -> None:
+        def delete() -> None:
+            for key in keys:
+                self.path_of(key).unlink(missing_ok=True)
+
+        await to_thread.run_sync(delete)
+
+    async def list_uploads(self, prefix: str) -> AsyncIterator[UploadInfo]:
+        uploads = await to_thread.run_sync(self._list_uploads, prefix)
+        for upload in uploads:
+            yield upload
+
+    def _list_uploads(self, prefix: str) -> list[UploadInfo]:
+        found = []
+        for path in (self.root / INCOMING).glob("*.part"):
+            key = unquote(path.name.rsplit(".", 2)[0])
+            if key.startswith(prefix):
+                try:
+                    modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+                except FileNotFoundError:
+                    continue  # completed or aborted meanwhile
+                found.append(UploadInfo(key=key, upload_id=path.name, initiated=modified))
+        return found
+
+    async def abort_upload(self, upload: UploadInfo) -> None:
+        path = self.root / INCOMING / Path(upload.upload_id).name
+        await to_thread.run_sync(lambda: path.unlink(missing_ok=True))
 
     async def signed_url(self, key: str, *, ttl: int) -> str | None:
         return None  # files are served through the API (proxy), there is nothing to sign

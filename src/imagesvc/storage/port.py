@@ -6,7 +6,7 @@ the two exceptions below at their edge, so `botocore` (or `OSError`) never reach
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -32,6 +32,15 @@ class ObjectInfo:
     key: str
     size: int
     last_modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    """An unfinished write: an S3 multipart upload, or a local temp file."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,20 @@ class ObjectStore(Protocol):
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every object whose key starts with prefix; returns how many were deleted."""
+
+    def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with prefix, in pages fetched lazily."""
+        ...
+
+    async def delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete these objects; missing ones are not an error."""
+
+    def list_uploads(self, prefix: str) -> AsyncIterator[UploadInfo]:
+        """Unfinished writes under prefix (for the reconciler)."""
+        ...
+
+    async def abort_upload(self, upload: UploadInfo) -> None:
+        """Discard an unfinished write; one already gone is not an error."""
 
     async def signed_url(self, key: str, *, ttl: int) -> str | None:
         """A time-limited GET URL, or None when this store can only be read through us."""

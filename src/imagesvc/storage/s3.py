@@ -10,8 +10,9 @@ a fresh key). Failures are translated here into the port's `StorageUnavailable` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,6 +27,7 @@ from imagesvc.storage.port import (
     ObjectMissing,
     ObjectStream,
     StorageUnavailable,
+    UploadInfo,
 )
 
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 READ_CHUNK = 256 * 1024
-_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
 # DeleteObjects takes at most 1000 keys per call.
 _DELETE_BATCH = 1000
 
@@ -187,7 +189,7 @@ class S3ObjectStore:
             key=key, size=response["ContentLength"], last_modified=response["LastModified"]
         )
 
-    async def list_keys(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         token: str | None = None
         while True:
             params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
@@ -202,8 +204,7 @@ class S3ObjectStore:
                 return
             token = page.get("NextContinuationToken")
 
-    async def delete_prefix(self, prefix: str) -> int:
-        keys = [info.key async for info in self.list_keys(prefix)]
+    async def delete_keys(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), _DELETE_BATCH):
             batch = keys[start : start + _DELETE_BATCH]
             response = await _call(
@@ -216,7 +217,39 @@ class S3ObjectStore:
             if response.get("Errors"):
                 log.warning("s3 delete_objects left %d keys", len(response["Errors"]))
                 raise StorageUnavailable()
+
+    async def delete_prefix(self, prefix: str) -> int:
+        keys = [info.key async for info in self.list_objects(prefix)]
+        await self.delete_keys(keys)
         return len(keys)
+
+    async def list_uploads(self, prefix: str) -> AsyncIterator[UploadInfo]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            try:
+                page = await _call(
+                    "list_multipart_uploads", self.client.list_multipart_uploads(**params)
+                )
+            except ObjectMissing:
+                return  # rclone answers NoSuchUpload for a bucket that never had one
+            for item in page.get("Uploads", []):
+                yield UploadInfo(
+                    key=item["Key"], upload_id=item["UploadId"], initiated=item["Initiated"]
+                )
+            if not page.get("IsTruncated"):
+                return
+            params["KeyMarker"] = page.get("NextKeyMarker", "")
+            params["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+
+    async def abort_upload(self, upload: UploadInfo) -> None:
+        # Already completed or aborted (by us, another gc, or the store) is fine.
+        with contextlib.suppress(ObjectMissing):
+            await _call(
+                "abort_multipart_upload",
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id
+                ),
+            )
 
     async def signed_url(self, key: str, *, ttl: int) -> str | None:
         return await _call(

@@ -1,0 +1,253 @@
+"""`Idempotency-Key` on uploads (SPEC §4): owner-scoped, kept 24 hours.
+
+- First request with a key claims it (a row `in_progress`), then uploads; the claim turns
+  `done` in the same transaction that makes the image `ready`, holding the response.
+- The same request again (same bytes, filename and visibility) gets the stored response:
+  201 with the same Image, and nothing new is created. The body is still read (to compare
+  its sha256) but never stored.
+- A different request with the same key: 409 `idempotency_key_reused`.
+- While the first request runs, a duplicate gets 409 `idempotency_key_in_progress` with
+  `Retry-After` (so concurrent duplicates create exactly one image). A claim whose upload
+  died (no heartbeat within the upload lease) is taken over by the next request.
+- A failed upload releases its claim: failures are not replayed, the client may retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from imagesvc.db import transaction, utcnow
+from imagesvc.errors import Conflict, InvalidParameter
+from imagesvc.images.filenames import sanitise_filename
+from imagesvc.images.ingest import Ingest, MeasuredUpload, UploadHooks, UploadRequest
+from imagesvc.images.models import IdempotencyRecord, IdempotencyState, Image
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_SNAPSHOT_FIELDS = (
+    "id",
+    "owner",
+    "status",
+    "storage_key",
+    "content_type",
+    "width",
+    "height",
+    "frames",
+    "byte_size",
+    "sha256",
+    "filename",
+    "visibility",
+)
+
+
+class KeyReused(Conflict):
+    code = "idempotency_key_reused"
+
+
+class KeyInProgress(Conflict):
+    code = "idempotency_key_in_progress"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    image: Image
+    replayed: bool
+
+
+def fingerprint(sha256: str, filename: str | None, visibility: str) -> str:
+    return hashlib.sha256(f"{sha256}\n{filename or ''}\n{visibility}".encode()).hexdigest()
+
+
+class IdempotentUploads:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        ingest: Ingest,
+        *,
+        db_timeout: float,
+    ) -> None:
+        self.sessions = sessions
+        self.ingest = ingest
+        self.db_timeout = db_timeout
+
+    async def _tx(self, work: Callable[[AsyncSession], Awaitable[Any]]) -> Any:
+        return await transaction(self.sessions, work, timeout=self.db_timeout)
+
+    async def create(self, request: UploadRequest, key: str) -> Created:
+        if not _KEY.fullmatch(key):
+            raise InvalidParameter("Idempotency-Key: 1 to 255 visible ASCII characters")
+        owner = request.owner
+        existing = await self._claim(owner, key)
+        if existing is not None:
+            return Created(await self._replay(existing, request), replayed=True)
+
+        async def heartbeat(session: AsyncSession) -> None:
+            await session.execute(
+                update(IdempotencyRecord)
+                .where(*_this(owner, key), IdempotencyRecord.state == IdempotencyState.IN_PROGRESS)
+                .values(updated_at=utcnow())
+            )
+
+        async def ready(session: AsyncSession, image: Image) -> None:
+            await session.execute(
+                update(IdempotencyRecord)
+                .where(*_this(owner, key))
+                .values(
+                    state=IdempotencyState.DONE,
+                    fingerprint=fingerprint(image.sha256 or "", image.filename, image.visibility),
+                    response=_snapshot(image),
+                    updated_at=utcnow(),
+                )
+            )
+
+        try:
+            image = await self.ingest.create(request, UploadHooks(heartbeat, ready))
+        except BaseException:
+            await asyncio.shield(self._release(owner, key))
+            raise
+        return Created(image, replayed=False)
+
+    async def _claim(self, owner: str, key: str) -> IdempotencyRecord | None:
+        """Claim the key (None), or return the finished record to replay."""
+        for _ in range(2):
+            try:
+                record: IdempotencyRecord | None = await self._tx(
+                    lambda session: self._claim_in(session, owner, key)
+                )
+                return record
+            except IntegrityError:
+                continue  # a concurrent first request inserted it: look again
+        raise KeyInProgress()
+
+    async def _claim_in(
+        self, session: AsyncSession, owner: str, key: str
+    ) -> IdempotencyRecord | None:
+        now = utcnow()
+        record = await session.get(IdempotencyRecord, (owner, key))
+        if record is None:
+            session.add(
+                IdempotencyRecord(
+                    owner=owner,
+                    key=key,
+                    state=IdempotencyState.IN_PROGRESS,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            await session.flush()
+            return None
+        expired = record.created_at < now - IDEMPOTENCY_TTL
+        dead = (
+            record.state == IdempotencyState.IN_PROGRESS
+            and record.updated_at < now - timedelta(seconds=self.ingest.limits.lease_seconds)
+        )
+        if expired or dead:
+            # Conditional on what we read, so two requests cannot both take it over.
+            result = await session.execute(
+                update(IdempotencyRecord)
+                .where(*_this(owner, key), IdempotencyRecord.updated_at == record.updated_at)
+                .values(
+                    state=IdempotencyState.IN_PROGRESS,
+                    fingerprint=None,
+                    response=None,
+                    created_at=now if expired else record.created_at,
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount:  # type: ignore[attr-defined]
+                return None
+            raise KeyInProgress()
+        if record.state == IdempotencyState.IN_PROGRESS:
+            raise KeyInProgress()
+        return record
+
+    async def _replay(self, record: IdempotencyRecord, request: UploadRequest) -> Image:
+        # Read the body to know whether it is the same request; nothing is stored.
+        body = MeasuredUpload(self.ingest.limits)
+        async for chunk in request.chunks:
+            body.count(chunk)
+        same = fingerprint(
+            body.sha256, sanitise_filename(request.filename), request.chosen_visibility()
+        )
+        if same != record.fingerprint or record.response is None:
+            raise KeyReused(
+                "this Idempotency-Key was used for a different upload; use a new key"
+            )
+        return _restore(record.response)
+
+    async def _release(self, owner: str, key: str) -> None:
+        try:
+            await self._tx(
+                lambda session: session.execute(
+                    delete(IdempotencyRecord).where(
+                        *_this(owner, key), IdempotencyRecord.state == IdempotencyState.IN_PROGRESS
+                    )
+                )
+            )
+        except Exception:  # the claim expires with the lease anyway
+            return
+
+    async def purge_expired(self, *, now: datetime, limit: int, dry_run: bool) -> int:
+        """Forget keys older than 24 hours (the reconciler calls this)."""
+
+        async def work(session: AsyncSession) -> int:
+            cutoff = now - IDEMPOTENCY_TTL
+            expired = (
+                (
+                    await session.execute(
+                        IdempotencyRecord.__table__.select()
+                        .with_only_columns(IdempotencyRecord.owner, IdempotencyRecord.key)
+                        .where(IdempotencyRecord.created_at < cutoff)
+                        .limit(limit)
+                    )
+                )
+                .tuples()
+                .all()
+            )
+            if not dry_run:
+                for owner, key in expired:
+                    await session.execute(
+                        delete(IdempotencyRecord).where(
+                            *_this(owner, key), IdempotencyRecord.created_at < cutoff
+                        )
+                    )
+            return len(expired)
+
+        count: int = await self._tx(work)
+        return count
+
+
+def _this(owner: str, key: str) -> tuple[Any, Any]:
+    return (IdempotencyRecord.owner == owner, IdempotencyRecord.key == key)
+
+
+def _snapshot(image: Image) -> str:
+    data: dict[str, Any] = {name: getattr(image, name) for name in _SNAPSHOT_FIELDS}
+    data["created_at"] = image.created_at.isoformat()
+    data["updated_at"] = image.updated_at.isoformat()
+    return json.dumps(data)
+
+
+def _restore(snapshot: str) -> Image:
+    data = json.loads(snapshot)
+    data["created_at"] = datetime.fromisoformat(data["created_at"])
+    data["updated_at"] = datetime.fromisoformat(data["updated_at"])
+    return Image(**data)

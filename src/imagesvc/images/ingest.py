@@ -1,0 +1,286 @@
+"""Creating an image from a stream of bytes: the upload protocol of SPEC §4.
+
+1. Sniff: count, hash and probe the first chunks until the header is known; 415/413 here
+   write nothing.
+2. Intent: insert a `pending` row holding the storage key (committed).
+3. Stream: the chunks go to the store writer while limits, hash and frame count continue;
+   a heartbeat keeps the pending row's `updated_at` fresh so the reconciler can tell a live
+   upload (lease held) from an abandoned one.
+4. Commit: the store confirms the object, its size is checked, then one transaction flips
+   the row to `ready` (only if it is still `pending`: a reconciler that reclaimed it wins).
+5. Any failure aborts the write, deletes what was stored and removes the row, shielded from
+   cancellation; whatever a crash leaves is a stale `pending` row for `imagesvc gc`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from imagesvc.db import transaction, utcnow
+from imagesvc.errors import (
+    BadRequest,
+    InvalidParameter,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from imagesvc.ids import new_image_id
+from imagesvc.images.filenames import sanitise_filename
+from imagesvc.images.models import Image, ImageStatus, Visibility
+from imagesvc.images.repository import ImageRepository
+from imagesvc.imaging.probe import ImageInfo, NotAnImage, StreamProbe
+from imagesvc.storage.port import ObjectStore, ObjectWriter, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+SessionHook = Callable[[AsyncSession], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    max_upload_bytes: int
+    max_pixels: int
+    # Bytes we may hold while looking for the image header, before anything is written.
+    header_budget: int
+    allow_heic: bool = False
+    # A pending row not refreshed for this long belongs to a dead upload.
+    lease_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRequest:
+    owner: str
+    chunks: AsyncIterator[bytes]
+    filename: str | None
+    # Form text fields; complete only once `chunks` is exhausted.
+    fields: dict[str, str]
+    visibility: str | None = None
+
+    def chosen_visibility(self) -> str:
+        return parse_visibility(self.visibility or self.fields.get("visibility"))
+
+
+@dataclass(frozen=True, slots=True)
+class UploadHooks:
+    """Work that must share the upload's transactions (idempotency bookkeeping)."""
+
+    on_heartbeat: Callable[[AsyncSession], Awaitable[None]] | None = None
+    on_ready: Callable[[AsyncSession, Image], Awaitable[None]] | None = None
+
+
+def parse_visibility(value: object) -> str:
+    if value is None:
+        return Visibility.PRIVATE
+    try:
+        return Visibility(str(value))
+    except ValueError:
+        raise InvalidParameter("visibility: must be `private` or `public`") from None
+
+
+class Ingest:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        store: ObjectStore,
+        limits: UploadLimits,
+        image_prefix: Callable[[str], str],
+        db_timeout: float,
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.limits = limits
+        self.image_prefix = image_prefix
+        self.db_timeout = db_timeout
+
+    async def _tx(self, work: Callable[[AsyncSession], Awaitable[object]]) -> object:
+        return await transaction(self.sessions, work, timeout=self.db_timeout)
+
+    async def create(self, request: UploadRequest, hooks: UploadHooks | None = None) -> Image:
+        hooks = hooks or UploadHooks()
+        upload = MeasuredUpload(self.limits)
+        head = await upload.read_header(request.chunks)
+        info = upload.probe.info
+        assert info is not None
+
+        image_id, created_at = new_image_id()
+        image = Image(
+            id=image_id,
+            owner=request.owner,
+            status=ImageStatus.PENDING,
+            storage_key=self.image_prefix(image_id) + "original",
+            content_type=info.format.content_type,
+            width=info.width,
+            height=info.height,
+            frames=info.frames,
+            filename=sanitise_filename(request.filename),
+            visibility=request.chosen_visibility(),
+            created_at=created_at,
+            updated_at=created_at,
+        )
+        await self._tx(lambda session: ImageRepository(session).add(image))
+
+        stop_heartbeat = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(image.id, hooks, stop_heartbeat))
+        writer: ObjectWriter | None = None
+        written = False
+        try:
+            writer = await self.store.open_write(image.storage_key, content_type=image.content_type)
+            for chunk in head:
+                await writer.write(chunk)
+            head.clear()
+            async for chunk in request.chunks:
+                upload.take(chunk)
+                await writer.write(chunk)
+            final = upload.finish()
+            image.frames = final.frames
+            image.visibility = request.chosen_visibility()  # a field may follow the file
+            written = True
+            await writer.complete()
+            await self._verify_stored(image, upload.size)
+            await _stop(heartbeat, stop_heartbeat)
+            await self._mark_ready(image, upload, hooks)
+        except BaseException:
+            await _stop(heartbeat, stop_heartbeat)
+            # Shielded: a cancelled request still cleans up (gc is the net if this fails).
+            await asyncio.shield(self._discard(image, writer, object_written=written))
+            raise
+        return image
+
+    async def _verify_stored(self, image: Image, size: int) -> None:
+        """The store said the object is durable; check it is there with every byte before
+        promising anything (a 201 means the bytes are in the store)."""
+        stored = await self.store.head(image.storage_key)
+        if stored is None or stored.size != size:
+            log.error("store lost or truncated upload %s", image.id)
+            raise StorageUnavailable("the object store did not keep the upload; retry it")
+
+    async def _mark_ready(self, image: Image, upload: MeasuredUpload, hooks: UploadHooks) -> None:
+        now = utcnow()
+
+        async def work(session: AsyncSession) -> bool:
+            became_ready = await ImageRepository(session).mark_ready(
+                image.id,
+                byte_size=upload.size,
+                sha256=upload.sha256,
+                frames=image.frames,
+                visibility=image.visibility,
+                now=now,
+            )
+            if became_ready:
+                image.status = ImageStatus.READY
+                image.byte_size, image.sha256, image.updated_at = upload.size, upload.sha256, now
+                if hooks.on_ready is not None:
+                    await hooks.on_ready(session, image)
+            return became_ready
+
+        if not await self._tx(work):
+            # The reconciler judged this upload dead (lease lost) and reclaimed its row.
+            image.status = ImageStatus.PENDING
+            raise ServiceUnavailable("the upload took too long to commit; retry it")
+
+    async def _heartbeat(self, image_id: str, hooks: UploadHooks, stop: asyncio.Event) -> None:
+        """Refresh the pending row (and the idempotency claim) every third of the lease."""
+        interval = self.limits.lease_seconds / 3
+
+        async def touch(session: AsyncSession) -> None:
+            await ImageRepository(session).touch_pending(image_id, now=utcnow())
+            if hooks.on_heartbeat is not None:
+                await hooks.on_heartbeat(session)
+
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+                return
+            with contextlib.suppress(ServiceUnavailable):
+                await self._tx(touch)
+
+    async def _discard(
+        self, image: Image, writer: ObjectWriter | None, *, object_written: bool
+    ) -> None:
+        try:
+            if writer is not None:
+                await writer.abort()
+            if object_written:
+                await self.store.delete_prefix(self.image_prefix(image.id))
+            await self._tx(
+                lambda session: ImageRepository(session).remove(image.id, ImageStatus.PENDING)
+            )
+        except Exception:
+            log.warning("could not clean up failed upload %s; gc will", image.id, exc_info=True)
+
+
+async def _stop(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    # Let a heartbeat in the middle of a transaction finish it rather than cancel it there.
+    stop.set()
+    with contextlib.suppress(Exception):
+        await task
+
+
+class MeasuredUpload:
+    """Counts, hashes and probes the upload's bytes, enforcing the limits as they arrive."""
+
+    def __init__(self, limits: UploadLimits) -> None:
+        self.limits = limits
+        self.probe = StreamProbe(allow_heic=limits.allow_heic)
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def count(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limits.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"the upload is larger than the limit of {self.limits.max_upload_bytes} bytes"
+            )
+        self._hash.update(chunk)
+
+    def take(self, chunk: bytes) -> None:
+        self.count(chunk)
+        try:
+            self.probe.feed(chunk)
+        except NotAnImage as exc:
+            raise UnsupportedMediaType(str(exc)) from None
+        self._check_pixels()
+
+    def _check_pixels(self) -> None:
+        info = self.probe.info
+        if info is not None and info.pixels > self.limits.max_pixels:
+            raise PayloadTooLarge(
+                f"the image has {info.pixels} pixels (width x height x frames), over the "
+                f"limit of {self.limits.max_pixels}"
+            )
+
+    async def read_header(self, chunks: AsyncIterator[bytes]) -> list[bytes]:
+        """Consume chunks until type and size are known; return them for replay."""
+        head: list[bytes] = []
+        async for chunk in chunks:
+            self.take(chunk)
+            head.append(chunk)
+            if self.probe.info is not None:
+                return head
+            if self.size > self.limits.header_budget:
+                raise UnsupportedMediaType(
+                    f"no image header was found in the first {self.limits.header_budget} bytes"
+                )
+        if self.size == 0:
+            raise BadRequest("the upload is empty")
+        self.finish()
+        return head
+
+    def finish(self) -> ImageInfo:
+        try:
+            info = self.probe.finish()
+        except NotAnImage as exc:
+            raise UnsupportedMediaType(str(exc)) from None
+        self._check_pixels()
+        return info
