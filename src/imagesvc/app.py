@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import random
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagesvc import __version__
@@ -20,12 +24,14 @@ from imagesvc.db import create_engine, create_sessionmaker
 from imagesvc.errors import install_problem_handlers, problem_response
 from imagesvc.images.endpoints import router as images_router
 from imagesvc.images.ingest import UploadLimits
+from imagesvc.images.reconcile import Reconciler
 from imagesvc.images.service import ImageService, ServeOptions
 from imagesvc.storage.local import LocalObjectStore
 from imagesvc.storage.port import ObjectStore
 from imagesvc.storage.s3 import S3ObjectStore, S3Options
 
 READY_TIMEOUT = 2.0
+log = logging.getLogger(__name__)
 
 
 def build_store(settings: Settings) -> LocalObjectStore | S3ObjectStore:
@@ -53,37 +59,89 @@ def heic_decoder_installed() -> bool:
     return find_spec("pillow_heif") is not None
 
 
+def build_image_service(
+    settings: Settings, engine: AsyncEngine, store: ObjectStore
+) -> ImageService:
+    return ImageService(
+        create_sessionmaker(engine),
+        store,
+        limits=UploadLimits(
+            max_upload_bytes=settings.max_upload_bytes,
+            max_pixels=settings.max_pixels,
+            header_budget=max(settings.s3_part_size, 8 * MIB),
+            allow_heic=heic_decoder_installed(),
+            lease_seconds=settings.upload_lease_seconds,
+        ),
+        serve=ServeOptions(
+            redirect=settings.serve_mode == "redirect",
+            signed_url_ttl=settings.signed_url_ttl,
+        ),
+        key_prefix=settings.s3_key_prefix if settings.storage_backend == "s3" else "",
+        db_timeout=settings.db_timeout,
+    )
+
+
+def build_reconciler(settings: Settings, service: ImageService) -> Reconciler:
+    return Reconciler(
+        service.sessions,
+        service.store,
+        service.idempotency,
+        key_prefix=service.key_prefix,
+        lease_seconds=settings.upload_lease_seconds,
+        db_timeout=settings.db_timeout,
+    )
+
+
+@asynccontextmanager
+async def running_resources(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, ObjectStore]]:
+    """The engine and the store, opened and closed together (app lifespan and CLI)."""
+    engine = create_engine(settings)
+    store = build_store(settings)
+    try:
+        await store.start()
+        yield engine, store
+    finally:
+        if isinstance(store, S3ObjectStore):
+            await store.close()
+        await engine.dispose()
+
+
+async def periodic_gc(settings: Settings, reconciler: Reconciler) -> None:
+    """IMAGESVC_GC_INTERVAL_SECONDS > 0: reconcile in the background. Every replica may
+    run it; the reconciler is safe to run concurrently with itself."""
+    while True:
+        # Jitter so that replicas started together do not reconcile in lockstep.
+        await asyncio.sleep(settings.gc_interval_seconds * random.uniform(0.8, 1.2))
+        try:
+            report = await reconciler.run(
+                grace=settings.gc_grace_seconds, limit=settings.gc_batch_limit
+            )
+        except Exception:
+            log.warning("background gc failed; will retry", exc_info=True)
+            continue
+        log.info("%s", report.lines()[-1])
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings)
-        store = build_store(settings)
-        await store.start()
-        app.state.engine = engine
-        app.state.store = store
-        app.state.images = ImageService(
-            create_sessionmaker(engine),
-            store,
-            limits=UploadLimits(
-                max_upload_bytes=settings.max_upload_bytes,
-                max_pixels=settings.max_pixels,
-                header_budget=max(settings.s3_part_size, 8 * MIB),
-                allow_heic=heic_decoder_installed(),
-            ),
-            serve=ServeOptions(
-                redirect=settings.serve_mode == "redirect",
-                signed_url_ttl=settings.signed_url_ttl,
-            ),
-            key_prefix=settings.s3_key_prefix if settings.storage_backend == "s3" else "",
-        )
-        try:
-            yield
-        finally:
-            if isinstance(store, S3ObjectStore):
-                await store.close()
-            await engine.dispose()
+        async with running_resources(settings) as (engine, store):
+            app.state.engine = engine
+            app.state.store = store
+            app.state.images = build_image_service(settings, engine, store)
+            gc_task = None
+            if settings.gc_interval_seconds > 0:
+                reconciler = build_reconciler(settings, app.state.images)
+                gc_task = asyncio.create_task(periodic_gc(settings, reconciler))
+            try:
+                yield
+            finally:
+                if gc_task is not None:
+                    gc_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await gc_task
 
     app = FastAPI(
         title="imagesvc",

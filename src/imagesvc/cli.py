@@ -1,4 +1,4 @@
-"""`imagesvc` command line: serve, migrate (gc and keys come with their capabilities).
+"""`imagesvc` command line: serve, migrate, gc (keys come with access control).
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error (one line on stderr).
 """
@@ -37,6 +37,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
 
     commands.add_parser("migrate", help="upgrade the database schema to the latest version")
+
+    gc = commands.add_parser(
+        "gc", help="reconcile the store and the database after crashes (see docs/DESIGN.md)"
+    )
+    gc.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds before an unreferenced object or unfinished upload counts as abandoned "
+        "(default IMAGESVC_GC_GRACE_SECONDS); live uploads are never touched",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    gc.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="most items per kind in one run (default IMAGESVC_GC_BATCH_LIMIT)",
+    )
     return parser
 
 
@@ -50,6 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings, host=args.host, port=args.port, workers=args.workers)
     if args.command == "migrate":
         return migrate(settings)
+    if args.command == "gc":
+        if (args.grace is not None and args.grace < 0) or (
+            args.limit is not None and args.limit < 1
+        ):
+            return _fail("--grace must be >= 0 and --limit >= 1")
+        grace = settings.gc_grace_seconds if args.grace is None else args.grace
+        limit = settings.gc_batch_limit if args.limit is None else args.limit
+        return gc(settings, grace=grace, limit=limit, dry_run=args.dry_run)
     return _fail(f"unknown command {args.command}")  # pragma: no cover (argparse refuses)
 
 
@@ -104,6 +130,29 @@ def migrate(settings: Settings) -> int:
         created = asyncio.run(_ensure_bucket(settings))
         print(f"bucket {settings.s3_bucket} {'created' if created else 'exists'}")
     return 0
+
+
+def gc(settings: Settings, *, grace: float, limit: int, dry_run: bool) -> int:
+    from imagesvc.errors import ServiceUnavailable
+
+    try:
+        lines = asyncio.run(_gc(settings, grace=grace, limit=limit, dry_run=dry_run))
+    except ServiceUnavailable as exc:
+        return _fail(f"gc stopped: {exc.detail}", 1)
+    for line in lines:
+        print(line)
+    return 0
+
+
+async def _gc(settings: Settings, *, grace: float, limit: int, dry_run: bool) -> list[str]:
+    from imagesvc.app import build_image_service, build_reconciler, running_resources
+
+    async with running_resources(settings) as (engine, store):
+        service = build_image_service(settings, engine, store)
+        report = await build_reconciler(settings, service).run(
+            grace=grace, limit=limit, dry_run=dry_run
+        )
+    return report.lines()
 
 
 async def _ensure_bucket(settings: Settings) -> bool:

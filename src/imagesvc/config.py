@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./var/imagesvc.db"
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_connect_timeout: float = Field(default=5.0, gt=0)
+    # Upper bound on one database transaction; beyond it the request gets a 503.
+    db_timeout: float = Field(default=10.0, gt=0)
 
     # --- object storage -------------------------------------------------------------------
     storage_backend: Literal["local", "s3"] = "local"
@@ -55,8 +57,16 @@ class Settings(BaseSettings):
     signed_url_ttl: int = Field(default=300, ge=1, le=7 * 24 * 3600)
     public_base_url: str | None = None
 
-    # --- lifecycle, variants, logs (used by later capabilities; validated now) -----------
+    # --- lifecycle --------------------------------------------------------------------------
     gc_grace_seconds: int = Field(default=3600, ge=0)
+    # 0: no reconciler inside the service (run `imagesvc gc` from cron instead).
+    gc_interval_seconds: int = Field(default=0, ge=0)
+    gc_batch_limit: int = Field(default=1000, ge=1)
+    # A pending upload refreshes its row every third of this; gc leaves it alone until the
+    # lease runs out, so a live upload is never reclaimed, whatever `--grace` says.
+    upload_lease_seconds: float = Field(default=60.0, ge=1.0)
+
+    # --- variants, logs (used by later capabilities; validated now) -----------------------
     log_format: Literal["json", "console"] = "json"
     variant_max_dimension: int = Field(default=2048, ge=1, le=16384)
     variant_sizes: str | None = None

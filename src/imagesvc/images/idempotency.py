@@ -154,9 +154,8 @@ class IdempotentUploads:
             await session.flush()
             return None
         expired = record.created_at < now - IDEMPOTENCY_TTL
-        dead = (
-            record.state == IdempotencyState.IN_PROGRESS
-            and record.updated_at < now - timedelta(seconds=self.ingest.limits.lease_seconds)
+        dead = record.state == IdempotencyState.IN_PROGRESS and record.updated_at < now - timedelta(
+            seconds=self.ingest.limits.lease_seconds
         )
         if expired or dead:
             # Conditional on what we read, so two requests cannot both take it over.
@@ -188,9 +187,7 @@ class IdempotentUploads:
             body.sha256, sanitise_filename(request.filename), request.chosen_visibility()
         )
         if same != record.fingerprint or record.response is None:
-            raise KeyReused(
-                "this Idempotency-Key was used for a different upload; use a new key"
-            )
+            raise KeyReused("this Idempotency-Key was used for a different upload; use a new key")
         return _restore(record.response)
 
     async def _release(self, owner: str, key: str) -> None:
