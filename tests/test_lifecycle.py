@@ -105,6 +105,21 @@ async def test_raw_body_upload_with_filename_header(client: httpx.AsyncClient) -
     assert body["filename"] == "café.png"
 
 
+async def test_raw_upload_filename_in_raw_utf8_and_no_content_type(
+    client: httpx.AsyncClient,
+) -> None:
+    # Many clients put UTF-8 straight into the header; some send no Content-Type at all
+    # (accepted as a raw body: the bytes decide the type anyway).
+    response = await client.post(
+        "/v1/images",
+        content=encode("WEBP", (8, 8)),
+        headers={b"X-Filename": "été.webp".encode()},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["filename"] == "été.webp"
+    assert response.json()["content_type"] == "image/webp"
+
+
 @pytest.mark.parametrize(
     ("fmt", "content_type", "options"),
     [

@@ -101,7 +101,7 @@ def test_not_images(data: bytes) -> None:
 def test_truncated_headers_are_refused(fmt: str) -> None:
     data = encode(fmt, (64, 64))
     with pytest.raises(NotAnImage):
-        probe(data[:30], 4)
+        probe(data[:20], 4)
 
 
 def test_huge_header_box_is_refused_not_buffered() -> None:
@@ -109,3 +109,44 @@ def test_huge_header_box_is_refused_not_buffered() -> None:
     data = b"\x00\x00\x00\x14ftypavif\x00\x00\x00\x00avif" + struct.pack(">I4s", 1 << 30, b"meta")
     with pytest.raises(NotAnImage):
         probe(data + b"\x00" * 64, 64)
+
+
+def test_tiny_valid_gif_is_accepted() -> None:
+    # 29 bytes: shorter than any fixed sniff window would allow.
+    data = bytes.fromhex("4749463839610100010000ff002c00000000010001000002024401003b")
+    assert probe(data, 3) == ("image/gif", 1, 1, 1)
+
+
+def test_gif_frames_larger_than_the_screen_count_at_their_size() -> None:
+    # A 1x1 logical screen with an 8000x8000 frame decodes as 8000x8000.
+    screen = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0, 0, 0)
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 8000, 8000, 0) + b"\x02\x02\x44\x01\x00"
+    assert probe(screen + frame + b"\x3b", 5)[1:] == (8000, 8000, 1)
+
+
+def test_avif_sequence_limited_at_its_track_size() -> None:
+    # Pillow writes tkhd at the real size; patch it larger than the still's ispe.
+    data = bytearray(encode("AVIF", (37, 23), frames=4))
+    at = data.find(b"tkhd")
+    version = data[at + 4]
+    offset = at + 4 + (88 if version == 1 else 76)
+    data[offset : offset + 8] = struct.pack(">II", 8000 << 16, 8000 << 16)
+    assert probe(bytes(data), 100) == ("image/avif", 8000, 8000, 4)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\xd8" + b"\xff" * (4 * 1024 * 1024),  # JPEG fill bytes, forever
+        b"GIF89a"
+        + struct.pack("<HHBBB", 10, 10, 0, 0, 0)
+        + b"\x2c"
+        + struct.pack("<HHHHB", 0, 0, 10, 10, 0)
+        + b"\x02"
+        + b"\x01\x00" * (2 * 1024 * 1024),  # one-byte sub-blocks
+    ],
+)
+def test_fragmented_files_are_refused_quickly(data: bytes) -> None:
+    # Refused by the step budget, not after walking megabytes one byte at a time.
+    with pytest.raises(NotAnImage, match="fragmented"):
+        probe(data, 65536)

@@ -88,6 +88,12 @@ CASES = {
         {"Content-Type": "multipart/form-data"},
     ),
     "garbage multipart": (400, "bad_request", b"this is not multipart at all", MULTIPART),
+    "boundary longer than RFC 2046 allows": (
+        400,
+        "bad_request",
+        b"--" + b"b" * 300 + b"\r\n",
+        {"Content-Type": "multipart/form-data; boundary=" + "b" * 300},
+    ),
     "multipart without closing boundary": (
         400,
         "bad_request",

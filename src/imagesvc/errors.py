@@ -200,13 +200,16 @@ async def _handle_http(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", extra={"request_id": request_id_of(request)})
+    request_id = request_id_of(request)
+    log.exception("unhandled error", extra={"request_id": request_id})
+    # Rendered by Starlette's outermost middleware, outside the one that echoes the id.
     return problem_response(
         request,
         status=500,
         code="internal_error",
         title="Internal server error",
         detail="the server failed to handle this request; it has been logged",
+        headers={"X-Request-ID": request_id} if request_id else None,
     )
 
 

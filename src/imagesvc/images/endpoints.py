@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from imagesvc.errors import problem_responses
 from imagesvc.images.cursor import decode_cursor, encode_cursor
@@ -243,17 +243,24 @@ def _bytes_response(result: Bytes, headers: dict[str, str]) -> StreamingResponse
         headers["Content-Length"] = str(byte_range.length)
         headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{image.byte_size}"
         status = 206
-    return StreamingResponse(
-        _drain(result.stream), status_code=status, headers=headers, media_type=image.content_type
+    return _ObjectResponse(
+        result.stream, status_code=status, headers=headers, media_type=image.content_type
     )
 
 
-async def _drain(stream: ObjectStream) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in stream:
-            yield chunk
-    finally:
-        await stream.aclose()
+class _ObjectResponse(StreamingResponse):
+    """Streams an object and always closes it (releasing the S3 connection or the file),
+    even when the client is gone before the first byte is sent."""
+
+    def __init__(self, stream: ObjectStream, **kwargs: Any) -> None:
+        super().__init__(aiter(stream), **kwargs)
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.stream.aclose()
 
 
 @router.delete(
@@ -270,7 +277,8 @@ async def delete_image(image_id: ImageId, service: ServiceDep, owner: OwnerDep) 
     return Response(status_code=204)
 
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII)
+# 18 digits: positions beyond any real object, and never Python's int-parsing limit.
+_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})", re.ASCII)
 
 
 def parse_range(header: str | None) -> RangeRequest | None:

@@ -129,19 +129,17 @@ class Ingest:
         stop_heartbeat = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(image.id, hooks, stop_heartbeat))
         writer: ObjectWriter | None = None
-        written = False
         try:
             writer = await self.store.open_write(image.storage_key, content_type=image.content_type)
-            for chunk in head:
-                await writer.write(chunk)
-            head.clear()
+            head.reverse()
+            while head:  # release each held chunk as soon as the writer has it
+                await writer.write(head.pop())
             async for chunk in request.chunks:
                 upload.take(chunk)
                 await writer.write(chunk)
             final = upload.finish()
             image.frames = final.frames
             image.visibility = request.chosen_visibility()  # a field may follow the file
-            written = True
             await writer.complete()
             await self._verify_stored(image, upload.size)
             await _stop(heartbeat, stop_heartbeat)
@@ -149,7 +147,7 @@ class Ingest:
         except BaseException:
             await _stop(heartbeat, stop_heartbeat)
             # Shielded: a cancelled request still cleans up (gc is the net if this fails).
-            await asyncio.shield(self._discard(image, writer, object_written=written))
+            await asyncio.shield(self._discard(image, writer))
             raise
         return image
 
@@ -201,17 +199,19 @@ class Ingest:
             with contextlib.suppress(ServiceUnavailable):
                 await self._tx(touch)
 
-    async def _discard(
-        self, image: Image, writer: ObjectWriter | None, *, object_written: bool
-    ) -> None:
+    async def _discard(self, image: Image, writer: ObjectWriter | None) -> None:
+        """Undo a failed upload. The row goes first, and only while it is still `pending`:
+        if the failure hid a commit that did happen (the connection dropped after COMMIT),
+        the row is `ready` and its object must stay. With the row gone, the object is
+        unreferenced and safe to delete; if anything here fails, gc finishes it."""
         try:
             if writer is not None:
-                await writer.abort()
-            if object_written:
-                await self.store.delete_prefix(self.image_prefix(image.id))
-            await self._tx(
+                await writer.abort()  # a completed write ignores this
+            removed = await self._tx(
                 lambda session: ImageRepository(session).remove(image.id, ImageStatus.PENDING)
             )
+            if removed:
+                await self.store.delete_prefix(self.image_prefix(image.id))
         except Exception:
             log.warning("could not clean up failed upload %s; gc will", image.id, exc_info=True)
 

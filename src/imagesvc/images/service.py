@@ -42,12 +42,16 @@ class RangeRequest:
     last: int | None
 
     def resolve(self, size: int) -> ByteRange:
+        # RFC 9110 §15.5.17: a 416 says how long the representation is.
+        unsatisfiable = {"Content-Range": f"bytes */{size}"}
         if self.first is None:
             if not self.last:
-                raise RangeNotSatisfiable("the requested range is empty")
+                raise RangeNotSatisfiable("the requested range is empty", headers=unsatisfiable)
             return ByteRange(max(0, size - self.last), size - 1)
         if self.first >= size:
-            raise RangeNotSatisfiable("the requested range starts past the end of the image")
+            raise RangeNotSatisfiable(
+                "the requested range starts past the end of the image", headers=unsatisfiable
+            )
         last = size - 1 if self.last is None else min(self.last, size - 1)
         return ByteRange(self.first, last)
 
@@ -190,6 +194,8 @@ class ImageService:
         try:
             stream = await self.store.open_read(image.storage_key, resolved)
         except ObjectMissing:
+            # Deleted between our read of the row and of the object: then it is a 404.
+            await self.get(owner=owner, image_id=image_id)
             log.error("ready image %s has no object", image.id)
             raise ServiceUnavailable("the image's bytes are unavailable; retry shortly") from None
         return Bytes(image, stream, resolved)

@@ -8,11 +8,12 @@ and at most one network chunk is held per parse step.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -21,6 +22,7 @@ from imagesvc.errors import BadRequest, PayloadTooLarge, ProblemError, Unsupport
 # Text parts are tiny (visibility=public); a bigger one is abuse, not a form.
 MAX_FIELD_BYTES = 1024
 MAX_PARTS = 16
+MAX_BOUNDARY = 70  # RFC 2046 §5.1.1
 # Room for boundaries, part headers and text fields on top of the file's own bytes.
 MULTIPART_OVERHEAD = 64 * 1024
 RAW_TYPES = ("application/octet-stream",)
@@ -48,8 +50,11 @@ async def read_upload(request: Request, *, max_file_bytes: int) -> UploadBody:
     media = content_type.decode("latin-1").lower()
     if media == "multipart/form-data":
         boundary = options.get(b"boundary")
-        if not boundary:
-            raise BadRequest("malformed multipart body: the Content-Type has no boundary")
+        if not boundary or len(boundary) > MAX_BOUNDARY:
+            raise BadRequest(
+                f"malformed multipart body: the Content-Type needs a boundary of 1 to "
+                f"{MAX_BOUNDARY} characters"
+            )
         limit = max_file_bytes + MULTIPART_OVERHEAD
         return await _MultipartReader(_counted(request, limit), boundary).start()
     if media and not (media.startswith("image/") or media in RAW_TYPES):
@@ -60,10 +65,18 @@ async def read_upload(request: Request, *, max_file_bytes: int) -> UploadBody:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_file_bytes:
         raise PayloadTooLarge(f"the upload is larger than the limit of {max_file_bytes} bytes")
-    raw_name = request.headers.get("x-filename")
-    # Header values are latin-1 on the wire; clients percent-encode anything else.
-    filename = unquote(raw_name, errors="replace") if raw_name else None
-    return UploadBody(chunks=_counted(request, None), filename=filename)
+    return UploadBody(chunks=_counted(request, None), filename=_x_filename(request))
+
+
+def _x_filename(request: Request) -> str | None:
+    """X-Filename: percent-encoded UTF-8 (portable), or raw UTF-8 bytes (what many clients
+    send; Starlette hands header bytes over as latin-1, so undo that first)."""
+    raw = request.headers.get("x-filename")
+    if not raw:
+        return None
+    with contextlib.suppress(UnicodeError):  # else it is genuinely latin-1
+        raw = raw.encode("latin-1").decode("utf-8")
+    return unquote(raw, errors="replace")
 
 
 async def _counted(request: Request, limit: int | None) -> AsyncIterator[bytes]:
@@ -114,52 +127,52 @@ class _MultipartReader:
         self._in_file = False
         self._file_seen = False
         self._field_value = bytearray()
+        # One event stream for the whole body: start() reads up to the file part, then
+        # _file_chunks() continues from exactly there.
+        self._outputs = self._pump()
 
-    def _on(self, kind: str):  # type: ignore[no-untyped-def]
+    def _on(self, kind: str) -> Callable[[bytes, int, int], None]:
         def callback(data: bytes, start: int, end: int) -> None:
             self._events.append((kind, data[start:end]))
 
         return callback
 
     async def start(self) -> UploadBody:
-        """Parse until the `file` part's headers are read; text parts before it are kept."""
-        async for kind, data in self._pump():
+        """Parse until the `file` part's headers are read; text parts before it are kept.
+        The file's bytes are then pulled from the same event stream, as they arrive."""
+        async for kind, data in self._outputs:
             if kind == "file_start":
                 filename = data.decode("utf-8", errors="replace") if data else None
                 return UploadBody(chunks=self._file_chunks(), filename=filename, fields=self.fields)
-        if not self._finished:
-            raise BadRequest("malformed multipart body: it ends before the closing boundary")
+        self._check_finished()
         raise BadRequest("the multipart body has no `file` part")
 
     async def _file_chunks(self) -> AsyncIterator[bytes]:
-        async for kind, data in self._pump():
+        async for kind, data in self._outputs:
             if kind == "file_data":
                 yield data
+        self._check_finished()
+
+    def _check_finished(self) -> None:
         if not self._finished:
             raise BadRequest("malformed multipart body: it ends before the closing boundary")
 
     async def _pump(self) -> AsyncIterator[tuple[str, bytes]]:
         """Feed body chunks to the parser; yield file_start / file_data as they appear."""
-        while True:
-            while self._events:
-                events, self._events = self._events, []
-                for index, (kind, data) in enumerate(events):
-                    out = self._handle(kind, data)
-                    if out is not None:
-                        # Put back what follows, so the next pump resumes exactly here.
-                        self._events = events[index + 1 :] + self._events
-                        yield out
-                        break
-            if self._finished:
-                return
+        while not self._finished:
             try:
                 chunk = await anext(self._body)
             except StopAsyncIteration:
                 return
             try:
                 self._parser.write(chunk)
-            except MultipartParseError:
+            except FormParserError:
                 raise BadRequest("malformed multipart body") from None
+            events, self._events = self._events, []
+            for kind, data in events:
+                out = self._handle(kind, data)
+                if out is not None:
+                    yield out
 
     def _handle(self, kind: str, data: bytes) -> tuple[str, bytes] | None:
         if kind == "begin":

@@ -19,8 +19,13 @@ from dataclasses import dataclass
 # A single header structure larger than this is refused: real headers are far smaller, and
 # the bound keeps a hostile file from making us buffer it.
 MAX_HEADER_READ = 4 * 1024 * 1024
-# Bytes needed to tell the formats apart (ISOBMFF's ftyp box carries brands at 8..32).
-SNIFF_BYTES = 32
+# Bytes needed to tell the formats apart (ISOBMFF then reads the rest of its ftyp box).
+SNIFF_BYTES = 12
+# Parser steps allowed: a base plus one per 16 bytes. Real files need far fewer; a hostile
+# one built of 1-byte GIF sub-blocks or JPEG fill bytes would otherwise cost seconds of CPU
+# on the event loop for a few megabytes.
+STEP_BASE = 50_000
+BYTES_PER_STEP = 16
 
 
 class NotAnImage(Exception):
@@ -31,15 +36,14 @@ class NotAnImage(Exception):
 class Format:
     name: str
     content_type: str
-    extension: str
 
 
-JPEG = Format("jpeg", "image/jpeg", "jpg")
-PNG = Format("png", "image/png", "png")
-GIF = Format("gif", "image/gif", "gif")
-WEBP = Format("webp", "image/webp", "webp")
-AVIF = Format("avif", "image/avif", "avif")
-HEIC = Format("heic", "image/heic", "heic")
+JPEG = Format("jpeg", "image/jpeg")
+PNG = Format("png", "image/png")
+GIF = Format("gif", "image/gif")
+WEBP = Format("webp", "image/webp")
+AVIF = Format("avif", "image/avif")
+HEIC = Format("heic", "image/heic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +55,7 @@ class ImageInfo:
 
     @property
     def pixels(self) -> int:
-        return self.width * self.height * max(self.frames, 1)
+        return self.width * self.height * self.frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +85,7 @@ class StreamProbe:
         self._request: _Request | None = next(self._parser)
         self._buffer = bytearray()
         self._bytes_seen = 0
-
-    @property
-    def done(self) -> bool:
-        return self._parser is None
+        self._steps = 0
 
     @property
     def info(self) -> ImageInfo | None:
@@ -117,6 +118,9 @@ class StreamProbe:
         pos = 0
         buffer = self._buffer
         while self._parser is not None and self._request is not None:
+            self._steps += 1
+            if self._steps > STEP_BASE + self._bytes_seen // BYTES_PER_STEP:
+                raise NotAnImage("the image is too fragmented to inspect")
             request = self._request
             if isinstance(request, _Skip):
                 take = min(request.n, len(buffer) - pos)
@@ -158,14 +162,19 @@ class StreamProbe:
             self.format = WEBP
             yield from self._webp(head)
         elif head[4:8] == b"ftyp":
+            # Major brand at 8..12, compatible brands after it: read the box (capped).
+            box = min(struct.unpack(">I", head[:4])[0], 64)
+            if box > SNIFF_BYTES:
+                rest = yield _Read(box - SNIFF_BYTES)
+                assert rest is not None
+                head += rest
             self.format = self._isobmff_format(head)
             yield from self._isobmff(head)
         else:
             raise NotAnImage("the uploaded bytes are not a JPEG, PNG, GIF, WebP or AVIF image")
 
     def _isobmff_format(self, head: bytes) -> Format:
-        size = struct.unpack(">I", head[:4])[0]
-        brands = {head[8:12]} | {head[i : i + 4] for i in range(16, min(size, SNIFF_BYTES) - 3, 4)}
+        brands = {head[8:12]} | {head[i : i + 4] for i in range(16, len(head) - 3, 4)}
         if brands & {b"avif", b"avis"}:
             return AVIF
         if self.allow_heic and brands & {b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1"}:
@@ -244,6 +253,11 @@ class StreamProbe:
             elif introducer == 0x2C:  # image descriptor: one frame
                 descriptor = yield from cursor.read(9)
                 self.frames += 1
+                # Decoders grow the canvas to hold every frame: a 1x1 screen with an
+                # 8000x8000 frame decodes as 8000x8000, so that is the size to limit.
+                left, top, width, height = struct.unpack("<HHHH", descriptor[:8])
+                self.width = max(self.width, left + width)
+                self.height = max(self.height, top + height)
                 if descriptor[8] & 0x80:  # local colour table
                     yield from cursor.skip(3 * (2 ** ((descriptor[8] & 0x07) + 1)))
                 yield from cursor.skip(1)  # LZW minimum code size
@@ -286,7 +300,7 @@ class StreamProbe:
         # sequences only) the frame count; `mdat` and the rest pass unbuffered.
         cursor = _Cursor(head)
         sequence = head[8:12] in (b"avis", b"heis", b"msf1")
-        have_still = have_track = False
+        have_track = False
         while True:
             size, kind = struct.unpack(">I4s", (yield from cursor.read(8)))
             header = 8
@@ -308,14 +322,14 @@ class StreamProbe:
                 dims = _largest_ispe(body[4:])  # meta is a full box: skip version/flags
                 if dims:
                     self._set_dimensions(*dims, frames=max(self.frames, 1))
-                    have_still = True
             else:
                 frames, track_size = _track_facts(body)
                 self.frames = max(frames, 1)
                 have_track = True
-                if not have_still and track_size:
+                # Sequences decode at the track's size: limit whichever is larger.
+                if track_size and track_size[0] * track_size[1] > self.width * self.height:
                     self._set_dimensions(*track_size, frames=self.frames)
-            if (have_still or self.dimensions_known) and (have_track or not sequence):
+            if self.dimensions_known and (have_track or not sequence):
                 return
         if not self.dimensions_known:
             raise NotAnImage("the image container has no image size")
@@ -420,7 +434,7 @@ def _largest_ispe(meta_body: bytes) -> tuple[int, int] | None:
 
 
 def _track_facts(moov_body: bytes) -> tuple[int, tuple[int, int] | None]:
-    """Largest sample count among the tracks, and the first track's display size."""
+    """Largest sample count and largest display size among the tracks."""
     frames = 0
     size: tuple[int, int] | None = None
     for trak in _find(moov_body, b"trak"):
@@ -428,9 +442,10 @@ def _track_facts(moov_body: bytes) -> tuple[int, tuple[int, int] | None]:
             if len(stsz) >= 12:
                 frames = max(frames, struct.unpack(">I", stsz[8:12])[0])
         for tkhd in _find(trak, b"tkhd"):
-            if size is None and len(tkhd) >= 84:
-                offset = 88 if tkhd[0] == 1 else 76  # version 1 has 64-bit times
-                if len(tkhd) >= offset + 8:
-                    width, height = struct.unpack(">II", tkhd[offset : offset + 8])
-                    size = (width >> 16, height >> 16)
+            offset = 88 if tkhd and tkhd[0] == 1 else 76  # version 1 has 64-bit times
+            if len(tkhd) >= offset + 8:
+                width, height = struct.unpack(">II", tkhd[offset : offset + 8])
+                width, height = width >> 16, height >> 16  # 16.16 fixed point
+                if size is None or width * height > size[0] * size[1]:
+                    size = (width, height)
     return frames, size

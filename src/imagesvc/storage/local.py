@@ -7,13 +7,14 @@ worker threads so the event loop never blocks on the disk.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote, unquote
 
 from anyio import to_thread
@@ -27,6 +28,9 @@ from imagesvc.storage.port import (
     UploadInfo,
 )
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 READ_CHUNK = 256 * 1024
 # Writes are gathered into blocks this large so one thread hop carries a useful amount.
 WRITE_BLOCK = 1024 * 1024
@@ -38,7 +42,7 @@ class LocalObjectStore:
         self.root = Path(root).resolve()
 
     async def start(self) -> None:
-        await to_thread.run_sync(self._ensure_dirs)
+        await _io(self._ensure_dirs)
 
     def _ensure_dirs(self) -> None:
         (self.root / INCOMING).mkdir(parents=True, exist_ok=True)
@@ -55,24 +59,24 @@ class LocalObjectStore:
         final = self.path_of(key)
         # The key is in the temp name so the reconciler can tell whose upload it is.
         temp = self.root / INCOMING / f"{quote(key, safe='')}.{uuid.uuid4().hex}.part"
-        handle = await to_thread.run_sync(_open_exclusive, temp)
+        handle = await _io(_open_exclusive, temp)
         return _LocalWriter(handle, temp, final)
 
     async def open_read(self, key: str, byte_range: ByteRange | None = None) -> ObjectStream:
         path = self.path_of(key)
         try:
-            handle = await to_thread.run_sync(path.open, "rb")
+            handle = await _io(_open_binary, path)
         except FileNotFoundError:
             raise ObjectMissing(key) from None
         start, length = (byte_range.start, byte_range.length) if byte_range else (0, None)
 
         async def chunks() -> AsyncIterator[bytes]:
             if start:
-                await to_thread.run_sync(handle.seek, start)
+                await _io(handle.seek, start)
             remaining = length
             while remaining is None or remaining > 0:
                 size = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
-                data = await to_thread.run_sync(handle.read, size)
+                data = await _io(handle.read, size)
                 if not data:
                     return
                 if remaining is not None:
@@ -80,20 +84,20 @@ class LocalObjectStore:
                 yield data
 
         async def close() -> None:
-            await to_thread.run_sync(handle.close)
+            await _io(handle.close)
 
         return ObjectStream(chunks(), close)
 
     async def head(self, key: str) -> ObjectInfo | None:
         try:
-            stat = await to_thread.run_sync(self.path_of(key).stat)
+            stat = await _io(self.path_of(key).stat)
         except FileNotFoundError:
             return None
         modified = datetime.fromtimestamp(stat.st_mtime, tz=UTC)
         return ObjectInfo(key=key, size=stat.st_size, last_modified=modified)
 
     async def delete_prefix(self, prefix: str) -> int:
-        return await to_thread.run_sync(self._delete_prefix, prefix)
+        return await _io(self._delete_prefix, prefix)
 
     def _delete_prefix(self, prefix: str) -> int:
         # Service prefixes are directory-shaped ("img/<id>/"); deleting the directory
@@ -109,7 +113,7 @@ class LocalObjectStore:
         return count
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        infos = await to_thread.run_sync(self._list_objects, prefix)
+        infos = await _io(self._list_objects, prefix)
         for info in infos:
             yield info
 
@@ -129,10 +133,10 @@ class LocalObjectStore:
             for key in keys:
                 self.path_of(key).unlink(missing_ok=True)
 
-        await to_thread.run_sync(delete)
+        await _io(delete)
 
     async def list_uploads(self, prefix: str) -> AsyncIterator[UploadInfo]:
-        uploads = await to_thread.run_sync(self._list_uploads, prefix)
+        uploads = await _io(self._list_uploads, prefix)
         for upload in uploads:
             yield upload
 
@@ -150,13 +154,30 @@ class LocalObjectStore:
 
     async def abort_upload(self, upload: UploadInfo) -> None:
         path = self.root / INCOMING / Path(upload.upload_id).name
-        await to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+        await _io(lambda: path.unlink(missing_ok=True))
 
     async def signed_url(self, key: str, *, ttl: int) -> str | None:
         return None  # files are served through the API (proxy), there is nothing to sign
 
     async def ping(self) -> None:
-        await to_thread.run_sync(self._ensure_dirs)
+        await _io(self._ensure_dirs)
+
+
+async def _io(func: Callable[..., T], *args: Any) -> T:
+    """Run blocking file work in a thread. Disk full, permissions, a vanished directory:
+    the store is unusable, which the port says as StorageUnavailable (503), never as a raw
+    OSError (500). A missing file is the caller's business, so it passes through."""
+    try:
+        return await to_thread.run_sync(func, *args)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        log.warning("local object store failed: %s", type(exc).__name__)
+        raise StorageUnavailable("the local object directory cannot be used") from None
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return path.open("rb")
 
 
 def _open_exclusive(path: Path) -> BinaryIO:
@@ -178,17 +199,11 @@ class _LocalWriter:
 
     async def _flush(self) -> None:
         block, self._pending = bytes(self._pending), bytearray()
-        try:
-            await to_thread.run_sync(self._handle.write, block)
-        except OSError:
-            raise StorageUnavailable("the local object directory cannot be written") from None
+        await _io(self._handle.write, block)
 
     async def complete(self) -> None:
         await self._flush()
-        try:
-            await to_thread.run_sync(self._commit)
-        except OSError:
-            raise StorageUnavailable("the local object directory cannot be written") from None
+        await _io(self._commit)
         self._done = True
 
     def _commit(self) -> None:
@@ -203,7 +218,7 @@ class _LocalWriter:
             return
         self._done = True
         self._pending = bytearray()
-        await to_thread.run_sync(self._discard)
+        await _io(self._discard)
 
     def _discard(self) -> None:
         self._handle.close()

@@ -265,7 +265,8 @@ class S3ObjectStore:
 
 class S3Writer:
     """Streams one object: a single PutObject when it fits in one part, else a multipart
-    upload with one part buffered and at most one part in flight (memory ~ 2 x part size).
+    upload with one part filling while at most one part is in flight (memory: about two
+    parts per upload).
     """
 
     def __init__(
@@ -276,27 +277,41 @@ class S3Writer:
         self._key = key
         self._content_type = content_type
         self._part_size = part_size
-        self._buffer = bytearray()
+        # Chunks as they came, joined once per part: one copy of each byte, not two.
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
         self._in_flight: asyncio.Task[None] | None = None
         self._finished = False
 
     async def write(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= self._part_size:
-            with memoryview(self._buffer) as view:
-                part = bytes(view[: self._part_size])
-            del self._buffer[: self._part_size]
-            await self._send_part(part)
+        while self._pending_size + len(data) >= self._part_size:
+            # Complete the part with the head of this chunk; the tail starts the next one.
+            cut = self._part_size - self._pending_size
+            self._pending.append(data[:cut])
+            data = data[cut:]
+            await self._send_part(self._take_pending())
+        if data:
+            self._pending.append(data)
+            self._pending_size += len(data)
+
+    def _take_pending(self) -> bytes:
+        joined = b"".join(self._pending)
+        self._pending, self._pending_size = [], 0
+        return joined
 
     async def _send_part(self, part: bytes) -> None:
         if self._upload_id is None:
-            created = await _call(
-                "create_multipart_upload",
-                self._client.create_multipart_upload(
-                    Bucket=self._bucket, Key=self._key, ContentType=self._content_type
-                ),
+            # Shielded: cancelled half way, we would not know the id of an upload that
+            # S3 did open, and could not abort it.
+            created = await asyncio.shield(
+                _call(
+                    "create_multipart_upload",
+                    self._client.create_multipart_upload(
+                        Bucket=self._bucket, Key=self._key, ContentType=self._content_type
+                    ),
+                )
             )
             self._upload_id = created["UploadId"]
         await self._wait_in_flight()
@@ -325,8 +340,7 @@ class S3Writer:
 
     async def complete(self) -> None:
         if self._upload_id is None:
-            body = bytes(self._buffer)
-            self._buffer = bytearray()
+            body = self._take_pending()
             await _call(
                 "put_object",
                 self._client.put_object(
@@ -334,10 +348,8 @@ class S3Writer:
                 ),
             )
         else:
-            if self._buffer:
-                last = bytes(self._buffer)
-                self._buffer = bytearray()
-                await self._send_part(last)
+            if self._pending:
+                await self._send_part(self._take_pending())
             await self._wait_in_flight()
             await _call(
                 "complete_multipart_upload",
@@ -354,7 +366,7 @@ class S3Writer:
         if self._finished:
             return
         self._finished = True
-        self._buffer = bytearray()
+        self._pending, self._pending_size = [], 0
         if self._in_flight is not None:
             self._in_flight.cancel()
             await asyncio.gather(self._in_flight, return_exceptions=True)
