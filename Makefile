@@ -19,6 +19,7 @@ install: $(BIN)/.installed
 
 run: install
 	$(BIN)/imagesvc migrate
+	$(BIN)/imagesvc keys dev
 	exec $(BIN)/imagesvc serve --host $(HOST) --port $(PORT)
 
 test: install lint typecheck pytest

@@ -20,9 +20,9 @@ from sqlalchemy import func, select
 
 from alembic import command
 from imagesvc.app import create_app
+from imagesvc.auth.dependencies import current_owner, optional_owner
 from imagesvc.cli import alembic_config
 from imagesvc.config import MIB, Settings
-from imagesvc.images.endpoints import current_owner
 from imagesvc.images.models import Image
 from tests.services import (
     S3_ACCESS_KEY,
@@ -203,9 +203,16 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 def owner(app: FastAPI) -> Iterator[str]:
     """A fresh owner per test, so tests never see each other's images."""
     name = f"owner-{uuid.uuid4().hex[:12]}"
-    app.dependency_overrides[current_owner] = lambda: name
+    act_as(app, name)
     yield name
     app.dependency_overrides.pop(current_owner, None)
+    app.dependency_overrides.pop(optional_owner, None)
+
+
+def act_as(app: FastAPI, owner: str) -> None:
+    """Skip API keys (tested on their own in test_access.py): every request is `owner`."""
+    app.dependency_overrides[current_owner] = lambda: owner
+    app.dependency_overrides[optional_owner] = lambda: owner
 
 
 @pytest.fixture

@@ -256,3 +256,16 @@ def start_imagesvc(
     )
     process.start()
     return process, url
+
+
+def create_key(env: Mapping[str, str], owner: str) -> str:
+    """`imagesvc keys create` as an operator runs it; the key is the last line."""
+    result = subprocess.run(
+        [str(BIN / "imagesvc"), "keys", "create", "--owner", owner],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return result.stdout.strip().splitlines()[-1]

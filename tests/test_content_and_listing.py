@@ -9,8 +9,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from imagesvc.images.endpoints import current_owner
 from imagesvc.images.service import ServeOptions
+from tests.conftest import act_as
 from tests.images import jpeg
 
 
@@ -176,7 +176,7 @@ async def test_owner_scope_hides_other_owners_images(
         "/v1/images", content=jpeg(), headers={"Content-Type": "image/jpeg"}
     )
     image_id = created.json()["id"]
-    app.dependency_overrides[current_owner] = lambda: "somebody-else"
+    act_as(app, "somebody-else")
     for method, path in [
         ("GET", f"/v1/images/{image_id}"),
         ("GET", f"/v1/images/{image_id}/content"),

@@ -26,12 +26,18 @@ from alembic import command
 from imagesvc.app import create_app
 from imagesvc.cli import alembic_config
 from imagesvc.config import MIB, Settings
-from imagesvc.images.endpoints import current_owner
 from imagesvc.storage.port import ObjectWriter
-from tests.conftest import s3_settings
+from tests.conftest import act_as, s3_settings
 from tests.consistency import assert_consistent, open_uploads, rows, settings_env
 from tests.images import jpeg
-from tests.services import MariaDB, Process, start_imagesvc, start_mariadb, start_rclone
+from tests.services import (
+    MariaDB,
+    Process,
+    create_key,
+    start_imagesvc,
+    start_mariadb,
+    start_rclone,
+)
 
 LEASE = 2.0
 BUCKET = "faults"
@@ -75,7 +81,7 @@ def fault_settings(fault_db: MariaDB, fault_s3: Process) -> Settings:
 @pytest.fixture
 async def fault_app(fault_settings: Settings) -> AsyncIterator[FastAPI]:
     app = create_app(fault_settings)
-    app.dependency_overrides[current_owner] = lambda: "faults"
+    act_as(app, "faults")
     async with app.router.lifespan_context(app):
         yield app
 
@@ -262,6 +268,11 @@ async def _object_keys(settings: Settings) -> list[str]:
 # --- real server processes -------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def fault_auth(fault_settings: Settings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {create_key(settings_env(fault_settings), 'faults')}"}
+
+
 @pytest.fixture
 def served(tmp_path: Path, fault_settings: Settings) -> Iterator[tuple[Process, str]]:
     process, url = start_imagesvc(tmp_path, settings_env(fault_settings), workers=2)
@@ -270,13 +281,14 @@ def served(tmp_path: Path, fault_settings: Settings) -> Iterator[tuple[Process, 
 
 
 async def test_client_disconnect_mid_stream(
-    served: tuple[Process, str], fault_settings: Settings
+    served: tuple[Process, str], fault_settings: Settings, fault_auth: dict[str, str]
 ) -> None:
     _, url = served
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
     sock.sendall(
         b"POST /v1/images HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
+        + f"Authorization: {fault_auth['Authorization']}\r\n".encode()
         + f"Content-Length: {64 * MIB}\r\n\r\n".encode()
         + jpeg()
         + os.urandom(12 * MIB)
@@ -288,7 +300,10 @@ async def test_client_disconnect_mid_stream(
 
 
 async def test_sigkill_during_concurrent_uploads_loses_no_201(
-    served: tuple[Process, str], fault_settings: Settings, tmp_path: Path
+    served: tuple[Process, str],
+    fault_settings: Settings,
+    fault_auth: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     process, url = served
     promised: dict[str, bytes] = {}
@@ -310,7 +325,7 @@ async def test_sigkill_during_concurrent_uploads_loses_no_201(
         if response.status_code == 201:
             promised[response.json()["id"]] = data
 
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=fault_auth) as client:
         uploads = [asyncio.create_task(one(i, client)) for i in range(16)]
         await asyncio.sleep(1.0)
         process.stop(signal.SIGKILL)
@@ -319,7 +334,7 @@ async def test_sigkill_during_concurrent_uploads_loses_no_201(
 
     restarted, url = start_imagesvc(tmp_path, settings_env(fault_settings), workers=2)
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=60, headers=fault_auth) as client:
             for image_id, data in promised.items():
                 got = await client.get(f"/v1/images/{image_id}/content", follow_redirects=True)
                 assert got.content == data
@@ -330,7 +345,7 @@ async def test_sigkill_during_concurrent_uploads_loses_no_201(
 
 
 async def test_100_concurrent_uploads_across_two_workers_and_gc_alongside(
-    served: tuple[Process, str], fault_settings: Settings
+    served: tuple[Process, str], fault_settings: Settings, fault_auth: dict[str, str]
 ) -> None:
     _, url = served
     promised: dict[str, bytes] = {}
@@ -362,7 +377,9 @@ async def test_100_concurrent_uploads_across_two_workers_and_gc_alongside(
             gc_reports.append(await asyncio.to_thread(run_gc, fault_settings, "--grace", "0"))
 
     limits = httpx.Limits(max_connections=100)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, limits=limits, headers=fault_auth
+    ) as client:
         done = asyncio.Event()
         gc_task = asyncio.create_task(gc_alongside(done))
         await asyncio.gather(*(one(i, client) for i in range(100)))

@@ -12,9 +12,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import update
 
-from imagesvc.images.endpoints import current_owner
 from imagesvc.images.models import IdempotencyRecord
-from tests.conftest import Inspector
+from tests.conftest import Inspector, act_as
 from tests.images import jpeg
 
 
@@ -97,7 +96,7 @@ async def test_concurrent_duplicates_create_exactly_one_image(
 async def test_keys_are_scoped_to_the_owner(app: FastAPI, client: httpx.AsyncClient) -> None:
     data = jpeg()
     mine = (await post(client, data, "shared-key")).json()
-    app.dependency_overrides[current_owner] = lambda: "another-owner-" + mine["id"]
+    act_as(app, "another-owner-" + mine["id"])
     theirs = await post(client, data, "shared-key")
     assert theirs.status_code == 201
     assert theirs.json()["id"] != mine["id"]

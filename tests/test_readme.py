@@ -25,7 +25,7 @@ def quickstart_script() -> str:
 
 
 @pytest.fixture(scope="module")
-def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, Process]]:
     state = tmp_path_factory.mktemp("make-run")
     port = free_port()
     process = Process(
@@ -34,26 +34,37 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         state,
         ready=http_answers(f"http://127.0.0.1:{port}/healthz"),
         # Only where the state lives changes, so the test does not touch ./var.
+        # Laid out like a checkout: ./var holds the database and the dev key.
         env={
-            "IMAGESVC_DATABASE_URL": f"sqlite+aiosqlite:///{state / 'imagesvc.db'}",
-            "IMAGESVC_STORAGE_LOCAL_ROOT": str(state / "objects"),
+            "IMAGESVC_DATABASE_URL": f"sqlite+aiosqlite:///{state / 'var' / 'imagesvc.db'}",
+            "IMAGESVC_STORAGE_LOCAL_ROOT": str(state / "var" / "objects"),
         },
         timeout=120,
     )
     process.start()
-    yield f"http://127.0.0.1:{port}"
+    yield state, f"http://127.0.0.1:{port}", process
     process.stop()
 
 
-def test_readme_quickstart_round_trip(make_run: str, tmp_path: Path) -> None:
-    script = quickstart_script().replace("http://127.0.0.1:8000", make_run)
+def test_make_run_prints_a_development_key(make_run: tuple[Path, str, Process]) -> None:
+    state, _, process = make_run
+    key = (state / "var" / "dev-api-key").read_text().strip()
+    assert key.startswith("isk_")
+    printed = process.log_path.read_text()
+    assert f'curl -H "Authorization: Bearer {key}"' in printed
+    assert (state / "var" / "dev-api-key").stat().st_mode & 0o077 == 0
+
+
+def test_readme_quickstart_round_trip(make_run: tuple[Path, str, Process]) -> None:
+    state, url, _ = make_run
+    script = quickstart_script().replace("http://127.0.0.1:8000", url)
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
-        cwd=tmp_path,
+        cwd=state,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "round trip OK" in result.stdout
-    assert (tmp_path / "photo.gif").read_bytes() == (tmp_path / "copy.gif").read_bytes()
+    assert (state / "photo.gif").read_bytes() == (state / "copy.gif").read_bytes()

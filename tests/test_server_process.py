@@ -22,7 +22,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from imagesvc.config import MIB
 from tests.conftest import boto_client, mysql_url
 from tests.images import jpeg
-from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY, MariaDB, Process, start_imagesvc
+from tests.services import (
+    S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+    MariaDB,
+    Process,
+    create_key,
+    start_imagesvc,
+)
 
 BUCKET = "imagesvc-rclone"
 PREFIX = "e2e/"
@@ -47,6 +54,7 @@ def server(
         "IMAGESVC_MAX_PIXELS": "50000000",
     }
     process, url = start_imagesvc(workdir, env)
+    env["AUTH"] = f"Bearer {create_key(env, 'e2e')}"
     yield process, url, env
     process.stop()
 
@@ -71,9 +79,10 @@ async def pending_rows(database_url: str) -> int:
 
 
 async def test_lifecycle_through_a_real_server(server: tuple[Process, str, Any]) -> None:
-    _, url, _ = server
+    _, url, env = server
     data = jpeg((320, 240))
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    auth = {"Authorization": env["AUTH"]}
+    async with httpx.AsyncClient(base_url=url, timeout=30, headers=auth) as client:
         assert (await client.get("/readyz")).json()["checks"] == {
             "database": "ok",
             "storage": "ok",
@@ -101,7 +110,7 @@ async def test_client_disconnect_mid_upload_leaves_nothing(
     sock = socket.create_connection((host, int(port)))
     sock.sendall(
         b"POST /v1/images HTTP/1.1\r\nHost: e2e\r\nContent-Type: image/jpeg\r\n"
-        + f"Content-Length: {100 * MIB}\r\n\r\n".encode()
+        + f"Authorization: {env['AUTH']}\r\nContent-Length: {100 * MIB}\r\n\r\n".encode()
     )
     sock.sendall(jpeg())
     block = os.urandom(MIB)
@@ -139,7 +148,7 @@ class RssSampler(threading.Thread):
 async def test_300_mib_upload_keeps_server_memory_flat(
     server: tuple[Process, str, Any],
 ) -> None:
-    process, url, _ = server
+    process, url, env = server
     total_blocks = 300
     block = os.urandom(MIB)
     digest = hashlib.sha256()
@@ -154,7 +163,8 @@ async def test_300_mib_upload_keeps_server_memory_flat(
     for _ in range(total_blocks):
         digest.update(block)
 
-    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+    auth = {"Authorization": env["AUTH"]}
+    async with httpx.AsyncClient(base_url=url, timeout=300, headers=auth) as client:
         # Warm up (first request imports and allocates), then measure from the baseline.
         warm = await client.post(
             "/v1/images", content=jpeg(), headers={"Content-Type": "image/jpeg"}

@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagesvc import __version__
+from imagesvc.auth.keys import KeyService
+from imagesvc.auth.ratelimit import RateLimiter
 from imagesvc.config import MIB, Settings, load_settings
 from imagesvc.db import create_engine, create_sessionmaker
 from imagesvc.errors import install_problem_handlers, problem_response
@@ -75,8 +77,17 @@ def build_image_service(
         serve=ServeOptions(
             redirect=settings.serve_mode == "redirect",
             signed_url_ttl=settings.signed_url_ttl,
+            public_base_url=settings.public_base_url,
         ),
         key_prefix=settings.s3_key_prefix if settings.storage_backend == "s3" else "",
+        db_timeout=settings.db_timeout,
+    )
+
+
+def build_key_service(settings: Settings, engine: AsyncEngine) -> KeyService:
+    return KeyService(
+        create_sessionmaker(engine),
+        cache_seconds=settings.auth_cache_seconds,
         db_timeout=settings.db_timeout,
     )
 
@@ -131,6 +142,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.engine = engine
             app.state.store = store
             app.state.images = build_image_service(settings, engine, store)
+            app.state.keys = build_key_service(settings, engine)
+            app.state.rate_limiter = (
+                RateLimiter(settings.rate_limit_per_minute)
+                if settings.rate_limit_per_minute
+                else None
+            )
             gc_task = None
             if settings.gc_interval_seconds > 0:
                 reconciler = build_reconciler(settings, app.state.images)

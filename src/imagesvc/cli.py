@@ -1,4 +1,4 @@
-"""`imagesvc` command line: serve, migrate, gc (keys come with access control).
+"""`imagesvc` command line: serve, migrate, gc, keys.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error (one line on stderr).
 """
@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,8 @@ from imagesvc.config import ConfigurationError, Settings, load_settings
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
+    from imagesvc.auth.keys import KeyService
 
 log = logging.getLogger("imagesvc")
 
@@ -55,6 +58,21 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="most items per kind in one run (default IMAGESVC_GC_BATCH_LIMIT)",
     )
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser(
+        "create", help="create a key; it is printed once, alone on the last line"
+    )
+    create.add_argument("--owner", required=True, help="the owner whose images the key reaches")
+    key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    key_commands.add_parser(
+        "dev",
+        help="embedded default only: create (first time) and print a development key, "
+        "kept beside the SQLite file",
+    )
     return parser
 
 
@@ -68,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings, host=args.host, port=args.port, workers=args.workers)
     if args.command == "migrate":
         return migrate(settings)
+    if args.command == "keys":
+        return keys(settings, args)
     if args.command == "gc":
         if (args.grace is not None and args.grace < 0) or (
             args.limit is not None and args.limit < 1
@@ -153,6 +173,90 @@ async def _gc(settings: Settings, *, grace: float, limit: int, dry_run: bool) ->
             grace=grace, limit=limit, dry_run=dry_run
         )
     return report.lines()
+
+
+def keys(settings: Settings, args: argparse.Namespace) -> int:
+    from imagesvc.auth.keys import OWNER_PATTERN
+    from imagesvc.errors import ServiceUnavailable
+
+    if args.keys_command == "create" and not OWNER_PATTERN.fullmatch(args.owner):
+        return _fail("--owner: 1 to 64 characters of A-Z a-z 0-9 . _ @ -")
+    if args.keys_command == "dev" and not settings.is_sqlite:
+        return _fail("`keys dev` is for the embedded default (SQLite); use `keys create`")
+    # The embedded default's key is kept (0600) beside the database, so that later starts
+    # can print it again: only its hash is in the database.
+    saved = Path(settings.sqlalchemy_url.database or "imagesvc.db").resolve().parent / "dev-api-key"
+    known = saved.read_text().strip() if args.keys_command == "dev" and saved.exists() else ""
+    try:
+        lines, code = asyncio.run(_keys(settings, args, known))
+    except ServiceUnavailable as exc:
+        return _fail(exc.detail, 1)
+    if args.keys_command == "dev":
+        if lines[-1] != known:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.touch(mode=0o600)
+            saved.write_text(lines[-1] + "\n")
+        lines[0] += f" ({'from' if lines[-1] == known else 'saved in'} {saved}):"
+    for line in lines:
+        print(line)
+    return code
+
+
+async def _keys(
+    settings: Settings, args: argparse.Namespace, known_dev_key: str
+) -> tuple[list[str], int]:
+    from imagesvc.app import build_key_service
+    from imagesvc.db import create_engine
+
+    engine = create_engine(settings)
+    try:
+        service = build_key_service(settings, engine)
+        if args.keys_command == "create":
+            new = await service.create(args.owner)
+            return [
+                f"created key {new.id} for owner {new.owner}; it is shown only once:",
+                new.key,
+            ], 0
+        if args.keys_command == "list":
+            rows = [f"{'id':<16}  {'owner':<24}  {'created':<20}  {'last used':<20}  revoked"]
+            for key in await service.list():
+                rows.append(
+                    f"{key.id:<16}  {key.owner:<24}  {_when(key.created_at):<20}  "
+                    f"{_when(key.last_used_at):<20}  {_when(key.revoked_at)}"
+                )
+            return rows, 0
+        if args.keys_command == "revoke":
+            if await service.revoke(args.key_id):
+                return [
+                    f"revoked key {args.key_id} (refused everywhere within "
+                    f"{settings.auth_cache_seconds:g} s)"
+                ], 0
+            return [f"no active key {args.key_id}"], 1
+        return await _dev_key(service, known_dev_key), 0
+    finally:
+        await engine.dispose()
+
+
+async def _dev_key(service: KeyService, key: str) -> list[str]:
+    """The embedded default's key: the saved one while it is valid, else a new one."""
+    from imagesvc.errors import ProblemError
+
+    if key:
+        try:
+            await service.authenticate(f"Bearer {key}")
+        except ProblemError:
+            key = ""  # revoked, or from another database
+    if not key:
+        key = (await service.create("dev")).key
+    return [
+        "development API key of owner `dev`",
+        f'  curl -H "Authorization: Bearer {key}" -F file=@photo.jpg http://127.0.0.1:8000/v1/images',
+        key,
+    ]
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
 async def _ensure_bucket(settings: Settings) -> bool:

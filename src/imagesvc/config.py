@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     # lease runs out, so a live upload is never reclaimed, whatever `--grace` says.
     upload_lease_seconds: float = Field(default=60.0, ge=1.0)
 
+    # --- access -----------------------------------------------------------------------------
+    # How long a process trusts what it read about a key: the bound on revocation delay.
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Requests per minute per API key, per process; 0 turns the limit off.
+    rate_limit_per_minute: int = Field(default=0, ge=0)
+
     # --- variants, logs (used by later capabilities; validated now) -----------------------
     log_format: Literal["json", "console"] = "json"
     variant_max_dimension: int = Field(default=2048, ge=1, le=16384)

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from imagesvc.auth.dependencies import OwnerDep, ViewerDep
 from imagesvc.errors import problem_responses
 from imagesvc.images.cursor import decode_cursor, encode_cursor
 from imagesvc.images.ingest import UploadRequest
-from imagesvc.images.models import Visibility
+from imagesvc.images.models import Image, Visibility
 from imagesvc.images.schemas import ImageList, ImageOut, ImagePatch
 from imagesvc.images.service import (
     Bytes,
@@ -25,9 +26,8 @@ from imagesvc.images.service import (
 from imagesvc.images.upload import read_upload
 from imagesvc.storage.port import ObjectStream
 
-# The bytes of an image id never change (a new upload is a new id), so clients may keep
-# them; `private` until access control decides what may sit in shared caches.
-IMMUTABLE = "private, max-age=31536000, immutable"
+# The bytes of an image id never change (a new upload is a new id): clients may keep them.
+ONE_YEAR = 31536000
 
 
 def get_service(request: Request) -> ImageService:
@@ -35,14 +35,7 @@ def get_service(request: Request) -> ImageService:
     return service
 
 
-def current_owner() -> str:
-    # Every query is owner-scoped already; access control (API keys) will derive the
-    # owner from the credentials. Until then every caller acts as one owner.
-    return "anonymous"
-
-
 ServiceDep = Annotated[ImageService, Depends(get_service)]
-OwnerDep = Annotated[str, Depends(current_owner)]
 ImageId = Annotated[str, Path(max_length=64, description="The image id (`img_...`).")]
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
@@ -190,8 +183,9 @@ async def update_image(
     summary="Get the image bytes",
     description=(
         "S3 backend in `redirect` mode: 302 to a signed URL valid for "
-        "`IMAGESVC_SIGNED_URL_TTL` seconds. Otherwise the bytes, with `ETag`, "
-        "`Cache-Control`, single `Range` requests (206) and `If-None-Match` (304)."
+        "`IMAGESVC_SIGNED_URL_TTL` seconds (public images: to `IMAGESVC_PUBLIC_BASE_URL` "
+        "when set). Otherwise the bytes, with `ETag`, `Cache-Control`, single `Range` "
+        "requests (206) and `If-None-Match` (304). Public images need no API key."
     ),
     response_class=Response,
     responses={
@@ -199,37 +193,41 @@ async def update_image(
         206: {"description": "The requested byte range.", "content": {"image/*": _BINARY}},
         302: {"description": "Redirect to a short-lived signed URL of the bytes."},
         304: {"description": "The client's copy (If-None-Match) is current."},
-        **problem_responses(404, 416, 503),
+        **problem_responses(401, 404, 416, 429, 503),
     },
 )
 async def get_image_content(
     image_id: ImageId,
     service: ServiceDep,
-    owner: OwnerDep,
+    viewer: ViewerDep,
     range_: Annotated[str | None, Header(alias="Range")] = None,
     if_range: Annotated[str | None, Header(alias="If-Range")] = None,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
-    requested = parse_range(range_)
     result = await service.content(
-        owner=owner,
+        viewer=viewer,
         image_id=image_id,
-        byte_range=requested,
+        byte_range=parse_range(range_),
         if_none_match=if_none_match,
         if_range=if_range,
     )
     if isinstance(result, Redirect):
-        # The redirect may be reused only while the signed URL is comfortably valid.
-        max_age = service.serve.signed_url_ttl // 2
-        return RedirectResponse(
-            result.url,
-            status_code=302,
-            headers={"Cache-Control": f"private, max-age={max_age}", "ETag": etag_of(result.image)},
-        )
-    headers = {"ETag": etag_of(result.image), "Cache-Control": IMMUTABLE}
+        headers = {
+            "Cache-Control": cache_control(result.image, result.cacheable_for),
+            "ETag": etag_of(result.image),
+        }
+        return RedirectResponse(result.url, status_code=302, headers=headers)
+    headers = {"ETag": etag_of(result.image), "Cache-Control": cache_control(result.image)}
     if isinstance(result, NotModified):
         return Response(status_code=304, headers=headers)
     return _bytes_response(result, headers)
+
+
+def cache_control(image: Image, max_age: int = ONE_YEAR) -> str:
+    """Public images may sit in shared caches (CDNs); private ones only in the client's."""
+    scope = "public" if image.visibility == Visibility.PUBLIC else "private"
+    immutable = ", immutable" if max_age == ONE_YEAR else ""
+    return f"{scope}, max-age={max_age}{immutable}"
 
 
 def _bytes_response(result: Bytes, headers: dict[str, str]) -> StreamingResponse:

@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imagesvc.images.models import Image, ImageStatus
+from imagesvc.images.models import Image, ImageStatus, Visibility
 
 
 class ImageRepository:
@@ -26,6 +26,16 @@ class ImageRepository:
             select(Image).where(
                 Image.id == image_id, Image.owner == owner, Image.status == ImageStatus.READY
             )
+        )
+        return result.scalar_one_or_none()
+
+    async def get_viewable(self, image_id: str, viewer: str | None) -> Image | None:
+        """A ready image the viewer may fetch: their own, or anyone's public one."""
+        visible = Image.visibility == Visibility.PUBLIC
+        if viewer is not None:
+            visible = or_(visible, Image.owner == viewer)
+        result = await self.session.execute(
+            select(Image).where(Image.id == image_id, Image.status == ImageStatus.READY, visible)
         )
         return result.scalar_one_or_none()
 

@@ -20,7 +20,7 @@ from imagesvc.errors import InvalidParameter, NotFound, RangeNotSatisfiable, Ser
 from imagesvc.images.filenames import sanitise_filename
 from imagesvc.images.idempotency import Created, IdempotentUploads
 from imagesvc.images.ingest import Ingest, UploadLimits, UploadRequest, parse_visibility
-from imagesvc.images.models import Image, ImageStatus
+from imagesvc.images.models import Image, ImageStatus, Visibility
 from imagesvc.images.repository import ImageRepository
 from imagesvc.storage.port import ByteRange, ObjectMissing, ObjectStore, ObjectStream
 
@@ -32,6 +32,8 @@ T = TypeVar("T")
 class ServeOptions:
     redirect: bool
     signed_url_ttl: int
+    # A CDN in front of the bucket: public images redirect there instead of to a signature.
+    public_base_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class RangeRequest:
 class Redirect:
     url: str
     image: Image
+    cacheable_for: int  # seconds a client may reuse this redirect
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,31 +177,48 @@ class ImageService:
     async def content(
         self,
         *,
-        owner: str,
+        viewer: str | None,
         image_id: str,
         byte_range: RangeRequest | None = None,
         if_none_match: str | None = None,
         if_range: str | None = None,
     ) -> Content:
-        image = await self.get(owner=owner, image_id=image_id)
+        """The bytes for `viewer` (an owner, or None without a key): their own images,
+        and anyone's public ones."""
+        image = await self._tx(lambda repo: repo.get_viewable(image_id, viewer), read_only=True)
+        if image is None:
+            raise NotFound(f"no image {image_id}")
         if etag_matches(if_none_match, image):
             return NotModified(image)
         if if_range is not None and if_range.strip() != etag_of(image):
             byte_range = None  # the client's partial copy is stale: send it all
         if self.serve.redirect:
-            url = await self.store.signed_url(image.storage_key, ttl=self.serve.signed_url_ttl)
-            if url is not None:
-                return Redirect(url, image)
+            redirect = await self._redirect(image)
+            if redirect is not None:
+                return redirect
         assert image.byte_size is not None
         resolved = byte_range.resolve(image.byte_size) if byte_range else None
         try:
             stream = await self.store.open_read(image.storage_key, resolved)
         except ObjectMissing:
             # Deleted between our read of the row and of the object: then it is a 404.
-            await self.get(owner=owner, image_id=image_id)
+            if await self._tx(lambda repo: repo.get_viewable(image_id, viewer)) is None:
+                raise NotFound(f"no image {image_id}") from None
             log.error("ready image %s has no object", image.id)
             raise ServiceUnavailable("the image's bytes are unavailable; retry shortly") from None
         return Bytes(image, stream, resolved)
+
+    async def _redirect(self, image: Image) -> Redirect | None:
+        if image.visibility == Visibility.PUBLIC and self.serve.public_base_url:
+            # The CDN URL of a key never changes; an hour bounds how long a redirect
+            # outlives a switch back to private.
+            cdn_url = f"{self.serve.public_base_url}/{image.storage_key}"
+            return Redirect(cdn_url, image, cacheable_for=3600)
+        signed = await self.store.signed_url(image.storage_key, ttl=self.serve.signed_url_ttl)
+        if signed is None:
+            return None
+        # Reusable only while the signed URL is comfortably valid.
+        return Redirect(signed, image, cacheable_for=self.serve.signed_url_ttl // 2)
 
     # --- delete -----------------------------------------------------------------------------
 

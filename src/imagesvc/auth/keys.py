@@ -1,0 +1,186 @@
+"""API keys: creation, listing, revocation, and authentication of bearer tokens.
+
+A key reads `isk_<id>_<secret>`: the id (16 hex characters) finds the row, the secret (256
+random bits) is checked against its stored sha256 with a constant-time comparison. The key
+itself is shown once, at creation, and is never stored or logged.
+
+Authentication results are cached in-process for `cache_seconds` (default 5), so most
+requests cost no database round trip; a revocation therefore takes effect within that bound
+on every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from imagesvc.auth.models import ApiKey
+from imagesvc.db import transaction, utcnow
+from imagesvc.errors import InvalidParameter, ProblemError
+
+KEY_PREFIX = "isk_"
+_KEY = re.compile(r"isk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+OWNER_PATTERN = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+# last_used_at is a hint for operators, not an audit log: write it at most this often.
+LAST_USED_EVERY = 60.0
+_CACHE_MAX = 10_000
+
+
+class Unauthorized(ProblemError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+    def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
+        challenge = 'Bearer realm="imagesvc"'
+        if error:
+            challenge += f', error="{error}"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    owner: str
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    id: str
+    owner: str
+    key: str  # the only time the full key exists outside the client
+
+
+@dataclass(slots=True)
+class _Cached:
+    owner: str | None  # None: no such key
+    secret_sha256: str
+    revoked: bool
+    fetched: float
+    last_used_written: float
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_owner(owner: str) -> str:
+    if not OWNER_PATTERN.fullmatch(owner):
+        raise InvalidParameter("owner: 1 to 64 characters of A-Z a-z 0-9 . _ @ -")
+    return owner
+
+
+class KeyService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        cache_seconds: float = 5.0,
+        db_timeout: float = 10.0,
+    ) -> None:
+        self.sessions = sessions
+        self.cache_seconds = cache_seconds
+        self.db_timeout = db_timeout
+        self._cache: dict[str, _Cached] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def create(self, owner: str) -> NewKey:
+        check_owner(owner)
+        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        row = ApiKey(id=key_id, owner=owner, secret_sha256=_sha256(secret), created_at=utcnow())
+
+        async def work(session: AsyncSession) -> None:
+            session.add(row)
+
+        await transaction(self.sessions, work, timeout=self.db_timeout)
+        return NewKey(id=key_id, owner=owner, key=f"{KEY_PREFIX}{key_id}_{secret}")
+
+    async def list(self) -> Sequence[ApiKey]:
+        async def work(session: AsyncSession) -> Sequence[ApiKey]:
+            result = await session.execute(select(ApiKey).order_by(ApiKey.created_at))
+            return result.scalars().all()
+
+        return await transaction(self.sessions, work, timeout=self.db_timeout)
+
+    async def revoke(self, key_id: str) -> bool:
+        async def work(session: AsyncSession) -> bool:
+            result = await session.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+        revoked = await transaction(self.sessions, work, timeout=self.db_timeout)
+        self._cache.pop(key_id, None)
+        return revoked
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise Unauthorized("send `Authorization: Bearer <api key>`", error=None)
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized(
+                "use the Bearer scheme: `Authorization: Bearer <api key>`",
+                error="invalid_request",
+            )
+        match = _KEY.fullmatch(token.strip())
+        if match is None:
+            raise Unauthorized("the API key is malformed")
+        key_id, secret = match.groups()
+        entry = await self._lookup(key_id)
+        # Compare even when the key is unknown, so timing says nothing about which ids exist.
+        valid = hmac.compare_digest(_sha256(secret), entry.secret_sha256)
+        if entry.owner is None or entry.revoked or not valid:
+            raise Unauthorized("the API key is invalid or revoked")
+        self._note_use(key_id, entry)
+        return Principal(owner=entry.owner, key_id=key_id)
+
+    async def _lookup(self, key_id: str) -> _Cached:
+        now = time.monotonic()
+        cached = self._cache.get(key_id)
+        if cached is not None and now - cached.fetched < self.cache_seconds:
+            return cached
+
+        async def work(session: AsyncSession) -> ApiKey | None:
+            return await session.get(ApiKey, key_id)
+
+        row = await transaction(self.sessions, work, timeout=self.db_timeout)
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()  # crude, bounded; a flood of random ids cannot grow memory
+        entry = _Cached(
+            owner=row.owner if row else None,
+            secret_sha256=row.secret_sha256 if row else "0" * 64,
+            revoked=bool(row and row.revoked_at),
+            fetched=now,
+            last_used_written=cached.last_used_written if cached else 0.0,
+        )
+        self._cache[key_id] = entry
+        return entry
+
+    def _note_use(self, key_id: str, entry: _Cached) -> None:
+        now = time.monotonic()
+        if now - entry.last_used_written < LAST_USED_EVERY:
+            return
+        entry.last_used_written = now
+        task = asyncio.create_task(self._write_last_used(key_id, utcnow()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write_last_used(self, key_id: str, when: datetime) -> None:
+        async def work(session: AsyncSession) -> None:
+            await session.execute(
+                update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when)
+            )
+
+        with contextlib.suppress(ProblemError):  # a hint only; the next use tries again
+            await transaction(self.sessions, work, timeout=self.db_timeout)
