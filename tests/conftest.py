@@ -232,9 +232,11 @@ def backend(settings: Settings) -> str:
     return "s3" if settings.storage_backend == "s3" else "local"
 
 
-async def fetch_content(client: httpx.AsyncClient, image_id: str) -> httpx.Response:
+async def fetch_content(
+    client: httpx.AsyncClient, image_id: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
     """GET the content, following a redirect to the signed S3 URL over real HTTP."""
-    response = await client.get(f"/v1/images/{image_id}/content")
+    response = await client.get(f"/v1/images/{image_id}/content", headers=headers)
     if response.status_code != 302:
         return response
     async with httpx.AsyncClient() as outside:

@@ -188,3 +188,17 @@ async def test_300_mib_upload_keeps_server_memory_flat(
         print(f"server RSS: baseline {baseline / MIB:.1f} MiB, peak growth {growth / MIB:.1f} MiB")
         assert growth < 64 * MIB
         assert (await client.delete(image["links"]["self"])).status_code == 204
+
+
+async def test_server_log_never_contains_keys_or_secrets(
+    server: tuple[Process, str, dict[str, str]],
+) -> None:
+    process, url, env = server
+    key = env["AUTH"].removeprefix("Bearer ")
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        await client.get("/v1/images", headers={"Authorization": env["AUTH"]})
+        await client.get("/v1/images", headers={"Authorization": env["AUTH"] + "x"})
+        await client.get("/v1/images/nope/content", headers={"Authorization": "Bearer isk_junk"})
+    log = process.log_path.read_text()
+    for secret in (key, key.rsplit("_", 1)[1], env["IMAGESVC_S3_SECRET_ACCESS_KEY"]):
+        assert secret not in log

@@ -1,0 +1,245 @@
+"""Access control with real API keys (SPEC §6), on every backend: 401s with
+WWW-Authenticate, owner isolation everywhere, public vs private content, revocation, rate
+limits, and the key never stored or logged."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import MetaData, select
+
+from imagesvc.auth.keys import KeyService
+from imagesvc.auth.ratelimit import RateLimiter
+from tests.conftest import fetch_content
+from tests.images import jpeg
+
+
+@pytest.fixture
+async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client with no overrides: every request goes through real authentication."""
+    assert not app.dependency_overrides
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://imagesvc.test") as c:
+        yield c
+
+
+async def new_key(app: FastAPI, owner: str) -> dict[str, str]:
+    created = await app.state.keys.create(owner)
+    return {"Authorization": f"Bearer {created.key}"}
+
+
+@pytest.fixture
+async def alice(app: FastAPI) -> dict[str, str]:
+    return await new_key(app, f"alice-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+async def bob(app: FastAPI) -> dict[str, str]:
+    return await new_key(app, f"bob-{uuid.uuid4().hex[:8]}")
+
+
+async def upload(client: httpx.AsyncClient, auth: dict[str, str], **params: str) -> dict[str, str]:
+    response = await client.post(
+        "/v1/images",
+        content=jpeg(),
+        params=params,
+        headers={**auth, "Content-Type": "image/jpeg"},
+    )
+    assert response.status_code == 201, response.text
+    image: dict[str, str] = response.json()
+    return image
+
+
+def assert_401(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].startswith('Bearer realm="imagesvc"')
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Basic YWxhZGRpbjpvcGVuc2VzYW1l",
+        "Bearer",
+        "Bearer not-a-key",
+        "Bearer isk_0123456789abcdef_" + "A" * 43,  # well formed, unknown
+        "Bearer isk_0123456789abcdef_" + "A" * 44,
+    ],
+)
+async def test_every_v1_endpoint_needs_a_valid_key(
+    anonymous: httpx.AsyncClient, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    some_id = "img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S"
+    for method, path in [
+        ("POST", "/v1/images"),
+        ("GET", "/v1/images"),
+        ("GET", f"/v1/images/{some_id}"),
+        ("PATCH", f"/v1/images/{some_id}"),
+        ("DELETE", f"/v1/images/{some_id}"),
+    ]:
+        response = await anonymous.request(method, path, headers=headers)
+        assert_401(response)
+    content = await anonymous.get(f"/v1/images/{some_id}/content", headers=headers)
+    if authorization is None:
+        assert content.status_code == 404  # no key: only public images, and there is none
+    else:
+        assert_401(content)  # a key that is sent must be valid
+    assert (await anonymous.get("/healthz")).status_code == 200
+
+
+async def test_owners_cannot_reach_each_others_images(
+    anonymous: httpx.AsyncClient, alice: dict[str, str], bob: dict[str, str]
+) -> None:
+    image = await upload(anonymous, alice)
+    missing_id = "img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S"
+    for method, path in [
+        ("GET", "/v1/images/{}"),
+        ("GET", "/v1/images/{}/content"),
+        ("PATCH", "/v1/images/{}"),
+        ("DELETE", "/v1/images/{}"),
+    ]:
+        theirs = await anonymous.request(
+            method, path.format(image["id"]), headers=bob, json={} if method == "PATCH" else None
+        )
+        nothing = await anonymous.request(
+            method, path.format(missing_id), headers=bob, json={} if method == "PATCH" else None
+        )
+        # Exactly like a missing image: same status, same body shape, same code.
+        assert theirs.status_code == nothing.status_code == 404, (method, path)
+        assert theirs.json().keys() == nothing.json().keys()
+        assert theirs.json()["code"] == nothing.json()["code"]
+        assert theirs.json()["detail"].replace(image["id"], missing_id) == nothing.json()["detail"]
+    listed = (await anonymous.get("/v1/images", headers=bob)).json()
+    assert listed["items"] == []
+    # Still there for its owner, untouched.
+    assert (await anonymous.get(f"/v1/images/{image['id']}", headers=alice)).json() == image
+    assert [
+        i["id"] for i in (await anonymous.get("/v1/images", headers=alice)).json()["items"]
+    ] == [image["id"]]
+
+
+async def test_public_content_needs_no_key_but_metadata_does(
+    anonymous: httpx.AsyncClient, alice: dict[str, str], bob: dict[str, str]
+) -> None:
+    private = await upload(anonymous, alice)
+    public = await upload(anonymous, alice, visibility="public")
+
+    assert (await anonymous.get(f"/v1/images/{private['id']}/content")).status_code == 404
+    for headers in ({}, bob):  # anyone, with or without a key of their own
+        got = await fetch_content(anonymous, public["id"], headers)
+        assert got.status_code == 200
+        assert got.content == jpeg()
+    assert_401(await anonymous.get(f"/v1/images/{public['id']}"))
+    assert (await anonymous.get(f"/v1/images/{public['id']}", headers=bob)).status_code == 404
+    assert (await anonymous.delete(f"/v1/images/{public['id']}", headers=bob)).status_code == 404
+
+    # Visibility follows PATCH both ways.
+    await anonymous.patch(
+        f"/v1/images/{private['id']}", json={"visibility": "public"}, headers=alice
+    )
+    assert (await fetch_content(anonymous, private["id"], {})).status_code == 200
+    await anonymous.patch(
+        f"/v1/images/{public['id']}", json={"visibility": "private"}, headers=alice
+    )
+    assert (await anonymous.get(f"/v1/images/{public['id']}/content")).status_code == 404
+
+
+async def test_cache_control_follows_visibility(
+    app: FastAPI, anonymous: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    public = await upload(anonymous, alice, visibility="public")
+    private = await upload(anonymous, alice)
+    got_public = await anonymous.get(f"/v1/images/{public['id']}/content")
+    got_private = await anonymous.get(f"/v1/images/{private['id']}/content", headers=alice)
+    assert got_public.headers["cache-control"].startswith("public, ")
+    assert got_private.headers["cache-control"].startswith("private, ")
+
+
+async def test_public_images_redirect_to_the_cdn_when_configured(
+    app: FastAPI, anonymous: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    service = app.state.images
+    saved = service.serve
+    service.serve = replace(saved, redirect=True, public_base_url="https://cdn.example.com")
+    try:
+        public = await upload(anonymous, alice, visibility="public")
+        private = await upload(anonymous, alice)
+        response = await anonymous.get(f"/v1/images/{public['id']}/content")
+        assert response.status_code == 302
+        assert response.headers["location"].startswith("https://cdn.example.com/")
+        assert response.headers["location"].endswith(f"img/{public['id']}/original")
+        assert response.headers["cache-control"] == "public, max-age=3600"
+        other = await anonymous.get(f"/v1/images/{private['id']}/content", headers=alice)
+        assert not other.headers.get("location", "").startswith("https://cdn.example.com/")
+    finally:
+        service.serve = saved
+
+
+async def test_revoked_key_is_refused_within_the_cache_bound(
+    app: FastAPI, anonymous: httpx.AsyncClient
+) -> None:
+    owner = f"carol-{uuid.uuid4().hex[:8]}"
+    created = await app.state.keys.create(owner)
+    auth = {"Authorization": f"Bearer {created.key}"}
+    assert (await anonymous.get("/v1/images", headers=auth)).status_code == 200
+
+    # Another process (its own cache) revokes it: this one stops accepting it once its
+    # cache entry is older than cache_seconds.
+    elsewhere = KeyService(app.state.keys.sessions)
+    app.state.keys.cache_seconds = 0.5
+    try:
+        assert await elsewhere.revoke(created.id)
+        await asyncio.sleep(0.6)
+        assert_401(await anonymous.get("/v1/images", headers=auth))
+    finally:
+        app.state.keys.cache_seconds = 5.0
+    assert not await elsewhere.revoke(created.id)  # already revoked
+
+
+async def test_rate_limit_per_key(
+    app: FastAPI, anonymous: httpx.AsyncClient, alice: dict[str, str], bob: dict[str, str]
+) -> None:
+    app.state.rate_limiter = RateLimiter(per_minute=6)  # a burst of one, then one per 10 s
+    try:
+        assert (await anonymous.get("/v1/images", headers=alice)).status_code == 200
+        limited = await anonymous.get("/v1/images", headers=alice)
+        assert limited.status_code == 429
+        assert limited.json()["code"] == "too_many_requests"
+        assert 1 <= int(limited.headers["retry-after"]) <= 10
+        assert (await anonymous.get("/v1/images", headers=bob)).status_code == 200  # per key
+    finally:
+        app.state.rate_limiter = None
+
+
+async def test_key_is_in_no_table_and_no_log_line(
+    app: FastAPI,
+    anonymous: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    created = await app.state.keys.create(f"dave-{uuid.uuid4().hex[:8]}")
+    secret = created.key.rsplit("_", 1)[1]
+    auth = {"Authorization": f"Bearer {created.key}"}
+    image = await upload(anonymous, auth)
+    await anonymous.get(f"/v1/images/{image['id']}", headers=auth)
+    await anonymous.get("/v1/images", headers={"Authorization": f"Bearer {created.key}x"})
+    assert created.key not in caplog.text
+    assert secret not in caplog.text
+
+    metadata = MetaData()
+    async with app.state.engine.connect() as conn:
+        await conn.run_sync(metadata.reflect)
+        for table in metadata.sorted_tables:
+            for row in (await conn.execute(select(table))).all():
+                text = " ".join(str(value) for value in row)
+                assert secret not in text, table.name
