@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from imagesvc.images.service import ServeOptions
+from imagesvc.images.serving import ServeOptions
 from tests.conftest import act_as
 from tests.images import jpeg
 

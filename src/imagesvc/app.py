@@ -27,7 +27,8 @@ from imagesvc.errors import install_problem_handlers, problem_response
 from imagesvc.images.endpoints import router as images_router
 from imagesvc.images.ingest import UploadLimits
 from imagesvc.images.reconcile import Reconciler
-from imagesvc.images.service import ImageService, ServeOptions
+from imagesvc.images.service import ImageService
+from imagesvc.images.serving import ServeOptions
 from imagesvc.storage.local import LocalObjectStore
 from imagesvc.storage.port import ObjectStore
 from imagesvc.storage.s3 import S3ObjectStore, S3Options

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from fastapi.responses import RedirectResponse, StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from imagesvc.auth.dependencies import OwnerDep, ViewerDep
 from imagesvc.errors import problem_responses
 from imagesvc.images.cursor import decode_cursor, encode_cursor
-from imagesvc.images.ingest import UploadRequest
-from imagesvc.images.models import Image, Visibility
-from imagesvc.images.schemas import ImageList, ImageOut, ImagePatch
-from imagesvc.images.service import (
-    Bytes,
-    ImageService,
-    NotModified,
-    RangeRequest,
-    Redirect,
-    etag_of,
+from imagesvc.images.http_content import (
+    BINARY,
+    CONTENT_RESPONSES,
+    ConditionsDep,
+    content_response,
 )
+from imagesvc.images.ingest import UploadRequest
+from imagesvc.images.models import Visibility
+from imagesvc.images.schemas import ImageList, ImageOut, ImagePatch
+from imagesvc.images.service import ImageService
 from imagesvc.images.upload import read_upload
-from imagesvc.storage.port import ObjectStream
-
-# The bytes of an image id never change (a new upload is a new id): clients may keep them.
-ONE_YEAR = 31536000
 
 
 def get_service(request: Request) -> ImageService:
@@ -40,7 +32,6 @@ ImageId = Annotated[str, Path(max_length=64, description="The image id (`img_...
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -62,8 +53,8 @@ UPLOAD_BODY: dict[str, Any] = {
                 },
                 "encoding": {"file": {"contentType": "image/*, application/octet-stream"}},
             },
-            "application/octet-stream": _BINARY,
-            "image/*": _BINARY,
+            "application/octet-stream": BINARY,
+            "image/*": BINARY,
         },
     },
     "parameters": [
@@ -188,77 +179,13 @@ async def update_image(
         "requests (206) and `If-None-Match` (304). Public images need no API key."
     ),
     response_class=Response,
-    responses={
-        200: {"description": "The image bytes.", "content": {"image/*": _BINARY}},
-        206: {"description": "The requested byte range.", "content": {"image/*": _BINARY}},
-        302: {"description": "Redirect to a short-lived signed URL of the bytes."},
-        304: {"description": "The client's copy (If-None-Match) is current."},
-        **problem_responses(401, 404, 416, 429, 503),
-    },
+    responses={**CONTENT_RESPONSES, **problem_responses(401, 404, 416, 429, 503)},
 )
 async def get_image_content(
-    image_id: ImageId,
-    service: ServiceDep,
-    viewer: ViewerDep,
-    range_: Annotated[str | None, Header(alias="Range")] = None,
-    if_range: Annotated[str | None, Header(alias="If-Range")] = None,
-    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+    image_id: ImageId, service: ServiceDep, viewer: ViewerDep, conditions: ConditionsDep
 ) -> Response:
-    result = await service.content(
-        viewer=viewer,
-        image_id=image_id,
-        byte_range=parse_range(range_),
-        if_none_match=if_none_match,
-        if_range=if_range,
-    )
-    if isinstance(result, Redirect):
-        headers = {
-            "Cache-Control": cache_control(result.image, result.cacheable_for),
-            "ETag": etag_of(result.image),
-        }
-        return RedirectResponse(result.url, status_code=302, headers=headers)
-    headers = {"ETag": etag_of(result.image), "Cache-Control": cache_control(result.image)}
-    if isinstance(result, NotModified):
-        return Response(status_code=304, headers=headers)
-    return _bytes_response(result, headers)
-
-
-def cache_control(image: Image, max_age: int = ONE_YEAR) -> str:
-    """Public images may sit in shared caches (CDNs); private ones only in the client's."""
-    scope = "public" if image.visibility == Visibility.PUBLIC else "private"
-    immutable = ", immutable" if max_age == ONE_YEAR else ""
-    return f"{scope}, max-age={max_age}{immutable}"
-
-
-def _bytes_response(result: Bytes, headers: dict[str, str]) -> StreamingResponse:
-    image, byte_range = result.image, result.byte_range
-    assert image.byte_size is not None
-    headers["Accept-Ranges"] = "bytes"
-    if byte_range is None:
-        headers["Content-Length"] = str(image.byte_size)
-        status = 200
-    else:
-        headers["Content-Length"] = str(byte_range.length)
-        headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{image.byte_size}"
-        status = 206
-    return _ObjectResponse(
-        result.stream, status_code=status, headers=headers, media_type=image.content_type
-    )
-
-
-class _ObjectResponse(StreamingResponse):
-    """Streams an object and always closes it (releasing the S3 connection or the file),
-    even when the client is gone before the first byte is sent."""
-
-    def __init__(self, stream: ObjectStream, **kwargs: Any) -> None:
-        super().__init__(aiter(stream), **kwargs)
-        self.stream = stream
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.stream.aclose()
+    result = await service.content(viewer=viewer, image_id=image_id, conditions=conditions)
+    return content_response(result)
 
 
 @router.delete(
@@ -273,20 +200,3 @@ class _ObjectResponse(StreamingResponse):
 async def delete_image(image_id: ImageId, service: ServiceDep, owner: OwnerDep) -> Response:
     await service.delete(owner=owner, image_id=image_id)
     return Response(status_code=204)
-
-
-# 18 digits: positions beyond any real object, and never Python's int-parsing limit.
-_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})", re.ASCII)
-
-
-def parse_range(header: str | None) -> RangeRequest | None:
-    """One `bytes=first-last | first- | -suffix` range; anything else is ignored (RFC 9110
-    lets a server answer 200 with the whole content instead of multiple ranges)."""
-    match = _RANGE.fullmatch(header.strip()) if header else None
-    if match is None or not any(match.groups()):
-        return None
-    first = int(match[1]) if match[1] else None
-    last = int(match[2]) if match[2] else None
-    if first is not None and last is not None and last < first:
-        return None
-    return RangeRequest(first, last)

@@ -44,6 +44,9 @@ class Image(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     filename: Mapped[str | None] = mapped_column(String(FILENAME_MAX))
     visibility: Mapped[str] = mapped_column(String(16))
+    # Placeholders for clients to paint before the bytes arrive (null if not computable).
+    blurhash: Mapped[str | None] = mapped_column(String(64))
+    dominant_color: Mapped[str | None] = mapped_column(String(7))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # When the status last changed: gc ages pending and deleting rows by it.
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -84,5 +87,37 @@ class IdempotencyRecord(Base):
 
     __table_args__ = (
         Index("ix_idempotency_keys_created_at", "created_at"),
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},
+    )
+
+
+class VariantStatus(StrEnum):
+    RENDERING = "rendering"  # claimed by one renderer (heart-beaten like an upload)
+    READY = "ready"
+
+
+class Variant(Base):
+    """One rendition of an image: unique per image, box, fit and format, rendered once."""
+
+    __tablename__ = "variants"
+
+    image_id: Mapped[str] = mapped_column(String(IMAGE_ID_LENGTH), primary_key=True)
+    box_width: Mapped[int] = mapped_column(Integer, primary_key=True)
+    box_height: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fit: Mapped[str] = mapped_column(String(8), primary_key=True)
+    format: Mapped[str] = mapped_column(String(8), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    storage_key: Mapped[str] = mapped_column(String(512))
+    content_type: Mapped[str | None] = mapped_column(String(32))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    byte_size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_variants_status_updated_at", "status", "updated_at"),
+        Index("ix_variants_storage_key", "storage_key"),
         {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},
     )

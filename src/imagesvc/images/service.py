@@ -16,68 +16,17 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from imagesvc.db import transaction, utcnow
-from imagesvc.errors import InvalidParameter, NotFound, RangeNotSatisfiable, ServiceUnavailable
+from imagesvc.errors import InvalidParameter, NotFound, ServiceUnavailable
 from imagesvc.images.filenames import sanitise_filename
 from imagesvc.images.idempotency import Created, IdempotentUploads
 from imagesvc.images.ingest import Ingest, UploadLimits, UploadRequest, parse_visibility
 from imagesvc.images.models import Image, ImageStatus, Visibility
 from imagesvc.images.repository import ImageRepository
-from imagesvc.storage.port import ByteRange, ObjectMissing, ObjectStore, ObjectStream
+from imagesvc.images.serving import Blob, Conditions, Content, ServeOptions, serve
+from imagesvc.storage.port import ObjectStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class ServeOptions:
-    redirect: bool
-    signed_url_ttl: int
-    # A CDN in front of the bucket: public images redirect there instead of to a signature.
-    public_base_url: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RangeRequest:
-    """A parsed single `Range: bytes=` spec: first-last, first- (last None) or -suffix."""
-
-    first: int | None
-    last: int | None
-
-    def resolve(self, size: int) -> ByteRange:
-        # RFC 9110 §15.5.17: a 416 says how long the representation is.
-        unsatisfiable = {"Content-Range": f"bytes */{size}"}
-        if self.first is None:
-            if not self.last:
-                raise RangeNotSatisfiable("the requested range is empty", headers=unsatisfiable)
-            return ByteRange(max(0, size - self.last), size - 1)
-        if self.first >= size:
-            raise RangeNotSatisfiable(
-                "the requested range starts past the end of the image", headers=unsatisfiable
-            )
-        last = size - 1 if self.last is None else min(self.last, size - 1)
-        return ByteRange(self.first, last)
-
-
-@dataclass(frozen=True, slots=True)
-class Redirect:
-    url: str
-    image: Image
-    cacheable_for: int  # seconds a client may reuse this redirect
-
-
-@dataclass(frozen=True, slots=True)
-class NotModified:
-    image: Image
-
-
-@dataclass(frozen=True, slots=True)
-class Bytes:
-    image: Image
-    stream: ObjectStream
-    byte_range: ByteRange | None
-
-
-Content = Redirect | NotModified | Bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +35,16 @@ class Page:
     last_id: str | None  # set when another page may follow
 
 
-def etag_of(image: Image) -> str:
-    return f'"{image.sha256}"'
-
-
-def etag_matches(if_none_match: str | None, image: Image) -> bool:
-    if not if_none_match:
-        return False
-    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return "*" in tags or etag_of(image) in tags
+def blob_of(image: Image) -> Blob:
+    assert image.sha256 is not None
+    assert image.byte_size is not None
+    return Blob(
+        storage_key=image.storage_key,
+        sha256=image.sha256,
+        byte_size=image.byte_size,
+        content_type=image.content_type,
+        public=image.visibility == Visibility.PUBLIC,
+    )
 
 
 class ImageService:
@@ -175,50 +125,24 @@ class ImageService:
         return image
 
     async def content(
-        self,
-        *,
-        viewer: str | None,
-        image_id: str,
-        byte_range: RangeRequest | None = None,
-        if_none_match: str | None = None,
-        if_range: str | None = None,
+        self, *, viewer: str | None, image_id: str, conditions: Conditions
     ) -> Content:
         """The bytes for `viewer` (an owner, or None without a key): their own images,
         and anyone's public ones."""
+        image = await self.viewable(viewer=viewer, image_id=image_id)
+
+        async def still_there() -> bool:
+            return await self._tx(lambda repo: repo.get_viewable(image_id, viewer)) is not None
+
+        return await serve(
+            self.store, self.serve, blob_of(image), conditions, still_there=still_there
+        )
+
+    async def viewable(self, *, viewer: str | None, image_id: str) -> Image:
         image = await self._tx(lambda repo: repo.get_viewable(image_id, viewer), read_only=True)
         if image is None:
             raise NotFound(f"no image {image_id}")
-        if etag_matches(if_none_match, image):
-            return NotModified(image)
-        if if_range is not None and if_range.strip() != etag_of(image):
-            byte_range = None  # the client's partial copy is stale: send it all
-        if self.serve.redirect:
-            redirect = await self._redirect(image)
-            if redirect is not None:
-                return redirect
-        assert image.byte_size is not None
-        resolved = byte_range.resolve(image.byte_size) if byte_range else None
-        try:
-            stream = await self.store.open_read(image.storage_key, resolved)
-        except ObjectMissing:
-            # Deleted between our read of the row and of the object: then it is a 404.
-            if await self._tx(lambda repo: repo.get_viewable(image_id, viewer)) is None:
-                raise NotFound(f"no image {image_id}") from None
-            log.error("ready image %s has no object", image.id)
-            raise ServiceUnavailable("the image's bytes are unavailable; retry shortly") from None
-        return Bytes(image, stream, resolved)
-
-    async def _redirect(self, image: Image) -> Redirect | None:
-        if image.visibility == Visibility.PUBLIC and self.serve.public_base_url:
-            # The CDN URL of a key never changes; an hour bounds how long a redirect
-            # outlives a switch back to private.
-            cdn_url = f"{self.serve.public_base_url}/{image.storage_key}"
-            return Redirect(cdn_url, image, cacheable_for=3600)
-        signed = await self.store.signed_url(image.storage_key, ttl=self.serve.signed_url_ttl)
-        if signed is None:
-            return None
-        # Reusable only while the signed URL is comfortably valid.
-        return Redirect(signed, image, cacheable_for=self.serve.signed_url_ttl // 2)
+        return image
 
     # --- delete -----------------------------------------------------------------------------
 

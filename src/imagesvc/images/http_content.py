@@ -1,0 +1,109 @@
+"""HTTP side of serving bytes, shared by `/content` and variants: request conditions in,
+302 / 304 / 200 / 206 out."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from imagesvc.images.serving import (
+    Blob,
+    Bytes,
+    Conditions,
+    Content,
+    NotModified,
+    RangeRequest,
+    Redirect,
+)
+from imagesvc.storage.port import ObjectStream
+
+# The bytes behind an id never change (a new upload is a new id): clients may keep them.
+ONE_YEAR = 31536000
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The image bytes.", "content": {"image/*": BINARY}},
+    206: {"description": "The requested byte range.", "content": {"image/*": BINARY}},
+    302: {"description": "Redirect to a short-lived signed URL of the bytes."},
+    304: {"description": "The client's copy (If-None-Match) is current."},
+}
+
+# 18 digits: positions beyond any real object, and never Python's int-parsing limit.
+_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})", re.ASCII)
+
+
+def parse_range(header: str | None) -> RangeRequest | None:
+    """One `bytes=first-last | first- | -suffix` range; anything else is ignored (RFC 9110
+    lets a server answer 200 with the whole content instead of multiple ranges)."""
+    match = _RANGE.fullmatch(header.strip()) if header else None
+    if match is None or not any(match.groups()):
+        return None
+    first = int(match[1]) if match[1] else None
+    last = int(match[2]) if match[2] else None
+    if first is not None and last is not None and last < first:
+        return None
+    return RangeRequest(first, last)
+
+
+def request_conditions(
+    range_: Annotated[str | None, Header(alias="Range")] = None,
+    if_range: Annotated[str | None, Header(alias="If-Range")] = None,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Conditions:
+    return Conditions(parse_range(range_), if_none_match, if_range)
+
+
+ConditionsDep = Annotated[Conditions, Depends(request_conditions)]
+
+
+def cache_control(blob: Blob, max_age: int = ONE_YEAR) -> str:
+    """Public images may sit in shared caches (CDNs); private ones only in the client's."""
+    scope = "public" if blob.public else "private"
+    immutable = ", immutable" if max_age == ONE_YEAR else ""
+    return f"{scope}, max-age={max_age}{immutable}"
+
+
+def content_response(result: Content, *, vary_accept: bool = False) -> Response:
+    headers = {"ETag": result.blob.etag}
+    if vary_accept:
+        headers["Vary"] = "Accept"
+    if isinstance(result, Redirect):
+        headers["Cache-Control"] = cache_control(result.blob, result.cacheable_for)
+        return RedirectResponse(result.url, status_code=302, headers=headers)
+    headers["Cache-Control"] = cache_control(result.blob)
+    if isinstance(result, NotModified):
+        return Response(status_code=304, headers=headers)
+    return _bytes_response(result, headers)
+
+
+def _bytes_response(result: Bytes, headers: dict[str, str]) -> StreamingResponse:
+    blob, byte_range = result.blob, result.byte_range
+    headers["Accept-Ranges"] = "bytes"
+    if byte_range is None:
+        headers["Content-Length"] = str(blob.byte_size)
+        status = 200
+    else:
+        headers["Content-Length"] = str(byte_range.length)
+        headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{blob.byte_size}"
+        status = 206
+    return _ObjectResponse(
+        result.stream, status_code=status, headers=headers, media_type=blob.content_type
+    )
+
+
+class _ObjectResponse(StreamingResponse):
+    """Streams an object and always closes it (releasing the S3 connection or the file),
+    even when the client is gone before the first byte is sent."""
+
+    def __init__(self, stream: ObjectStream, **kwargs: Any) -> None:
+        super().__init__(aiter(stream), **kwargs)
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.stream.aclose()
