@@ -41,7 +41,7 @@ import psutil
 from PIL import ExifTags, Image, ImageChops, ImageCms, ImageOps, features
 
 try:
-    import pyvips  # noqa: F401
+    import pyvips
 
     HAVE_VIPS = True
     VIPS_IMPORT_ERROR = ""
@@ -292,9 +292,19 @@ def run_worker(impl: str, task: str, threads: int, seconds: float, path: str) ->
 
 def spawn_worker(impl: str, task: str, threads: int, seconds: float, path: str) -> dict:
     cmd = [
-        sys.executable, os.path.abspath(__file__), "--worker",
-        "--impl", impl, "--task", task, "--threads", str(threads),
-        "--seconds", str(seconds), "--input", path,
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        "--impl",
+        impl,
+        "--task",
+        task,
+        "--threads",
+        str(threads),
+        "--seconds",
+        str(seconds),
+        "--input",
+        path,
     ]
     env = dict(os.environ)
     if impl == "pyvips-c1":
@@ -370,7 +380,7 @@ def dominant_colour(data: bytes) -> tuple:
     q = im.quantize(5, method=Image.Quantize.MEDIANCUT)
     _, idx = max(q.getcolors())
     pal = q.getpalette()
-    return tuple(pal[idx * 3: idx * 3 + 3])
+    return tuple(pal[idx * 3 : idx * 3 + 3])
 
 
 def micro_benchmarks(data: bytes, budget: float) -> list[str]:
@@ -385,18 +395,22 @@ def micro_benchmarks(data: bytes, budget: float) -> list[str]:
     lines.append("|---|---:|---|")
     impls = blurhash_impls()
     if not impls:
-        lines.append("| (blurhash / blurhash-python not installed) | – | – |")
+        lines.append("| (blurhash / blurhash-python not installed) | - | - |")
     res = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for label, enc in impls.items():
-            sec = timeit(lambda: enc(thumb), budget)
+            sec = timeit(lambda enc=enc: enc(thumb), budget)
             res[label] = sec
             lines.append(f"| {label} | {sec * 1e6:,.0f} | `{enc(thumb)}` |")
     if len(res) == 2:
         vals = list(res.values())
         lines.append(f"| ratio pure/C | {max(vals) / min(vals):,.0f}x | |")
-    dep = {str(w.message).split(" and ")[0] for w in caught if issubclass(w.category, DeprecationWarning)}
+    dep = {
+        str(w.message).split(" and ")[0]
+        for w in caught
+        if issubclass(w.category, DeprecationWarning)
+    }
     for msg in sorted(dep):
         lines.append(f"\nNote: blurhash encode raised DeprecationWarning: {msg}")
 
@@ -448,7 +462,11 @@ def versions() -> list[str]:
 
 
 def describe_check(c: dict) -> str:
-    meta = "no EXIF" if c["exif_tags"] == 0 else f"EXIF {c['exif_tags']} tags{' +GPS' if c['gps'] else ''}"
+    meta = (
+        "no EXIF"
+        if c["exif_tags"] == 0
+        else f"EXIF {c['exif_tags']} tags{' +GPS' if c['gps'] else ''}"
+    )
     icc = "sRGB ICC" if c["icc_srgb"] else ("ICC (not sRGB)" if c["icc"] else "no ICC")
     return f"{'OK' if c['ok'] else 'FAIL'} {c['size'][0]}x{c['size'][1]}, {meta}, {icc}"
 
@@ -493,11 +511,21 @@ def main() -> None:
         for task in TASKS:
             for impl in impls:
                 for threads in (1, 2):
-                    print(f"  measuring {task} / {impl} / {threads} thread(s)...", file=sys.stderr, flush=True)
-                    results[(task, impl, threads)] = spawn_worker(impl, task, threads, args.seconds, path)
+                    print(
+                        f"  measuring {task} / {impl} / {threads} thread(s)...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    results[(task, impl, threads)] = spawn_worker(
+                        impl, task, threads, args.seconds, path
+                    )
 
-    print(f"\n### Renders ({args.seconds:g} s per case after 2 warm-ups; each case in a fresh process)\n")
-    print("| task | library | threads | renders/s | ms/render per thread | CPU ms/render | peak RSS growth MB | out KB | output check |")
+    print(
+        f"\n### Renders ({args.seconds:g} s per case after 2 warm-ups; each case in a fresh process)\n"
+    )
+    print(
+        "| task | library | threads | renders/s | ms/render per thread | CPU ms/render | peak RSS growth MB | out KB | output check |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for (task, impl, threads), r in results.items():
         if "error" in r:
@@ -514,8 +542,10 @@ def main() -> None:
         return r.get("rps")
 
     print("\n### Ratios (throughput)\n")
-    print("| task | draft2x / no-draft (1 thr) | draft1x / no-draft (1 thr) | pyvips / Pillow+draft2x (1 thr) | pyvips / Pillow+draft2x (2 thr) "
-          "| pyvips-c1 / Pillow+draft2x (2 thr) | 2-thr scaling: Pillow+draft2x | pyvips | pyvips-c1 |")
+    print(
+        "| task | draft2x / no-draft (1 thr) | draft1x / no-draft (1 thr) | pyvips / Pillow+draft2x (1 thr) | pyvips / Pillow+draft2x (2 thr) "
+        "| pyvips-c1 / Pillow+draft2x (2 thr) | 2-thr scaling: Pillow+draft2x | pyvips | pyvips-c1 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def ratio(a, b):
@@ -538,7 +568,9 @@ def main() -> None:
         for task, (box, fmt, q, exp) in TASKS.items():
             for keep_icc in (True, False):
                 out = render_vips(data, box, fmt, q, keep_icc=keep_icc)
-                print(f"- {task} `{vips_suffix(fmt, q, keep_icc)}`: {describe_check(verify(out, exp, fmt))}")
+                print(
+                    f"- {task} `{vips_suffix(fmt, q, keep_icc)}`: {describe_check(verify(out, exp, fmt))}"
+                )
 
     print("\n### Small-image work\n")
     for line in micro_benchmarks(data, budget=min(2.0, max(0.5, args.seconds / 2))):

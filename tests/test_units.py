@@ -11,8 +11,8 @@ import pytest
 from imagesvc.config import ConfigurationError, load_settings
 from imagesvc.errors import InvalidParameter
 from imagesvc.images.cursor import decode_cursor, encode_cursor
-from imagesvc.images.http_content import parse_range
 from imagesvc.images.filenames import sanitise_filename
+from imagesvc.images.http_content import parse_range
 from imagesvc.images.serving import RangeRequest
 
 

@@ -27,8 +27,11 @@ from imagesvc.errors import install_problem_handlers, problem_response
 from imagesvc.images.endpoints import router as images_router
 from imagesvc.images.ingest import UploadLimits
 from imagesvc.images.reconcile import Reconciler
+from imagesvc.images.render_pool import RenderPool
 from imagesvc.images.service import ImageService
 from imagesvc.images.serving import ServeOptions
+from imagesvc.images.variants import VariantPolicy, VariantService, placeholder_maker
+from imagesvc.imaging import render
 from imagesvc.storage.local import LocalObjectStore
 from imagesvc.storage.port import ObjectStore
 from imagesvc.storage.s3 import S3ObjectStore, S3Options
@@ -63,7 +66,10 @@ def heic_decoder_installed() -> bool:
 
 
 def build_image_service(
-    settings: Settings, engine: AsyncEngine, store: ObjectStore
+    settings: Settings,
+    engine: AsyncEngine,
+    store: ObjectStore,
+    pool: RenderPool | None = None,
 ) -> ImageService:
     return ImageService(
         create_sessionmaker(engine),
@@ -82,6 +88,19 @@ def build_image_service(
         ),
         key_prefix=settings.s3_key_prefix if settings.storage_backend == "s3" else "",
         db_timeout=settings.db_timeout,
+        placeholders=placeholder_maker(store, pool) if pool is not None else None,
+    )
+
+
+def build_variant_service(
+    settings: Settings, images: ImageService, pool: RenderPool
+) -> VariantService:
+    render.configure(settings.max_pixels)
+    return VariantService(
+        images,
+        pool,
+        VariantPolicy(settings.variant_max_dimension, settings.allowed_sizes),
+        lease_seconds=settings.upload_lease_seconds,
     )
 
 
@@ -140,9 +159,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running_resources(settings) as (engine, store):
+            app.state.settings = settings
             app.state.engine = engine
             app.state.store = store
-            app.state.images = build_image_service(settings, engine, store)
+            pool = RenderPool(settings.render_workers, settings.render_queue)
+            app.state.images = build_image_service(settings, engine, store, pool)
+            app.state.variants = build_variant_service(settings, app.state.images, pool)
             app.state.keys = build_key_service(settings, engine)
             app.state.rate_limiter = (
                 RateLimiter(settings.rate_limit_per_minute)
@@ -160,6 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     gc_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await gc_task
+                pool.close()
 
     app = FastAPI(
         title="imagesvc",

@@ -7,6 +7,7 @@ would change the variable names.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -72,10 +73,16 @@ class Settings(BaseSettings):
     # Requests per minute per API key, per process; 0 turns the limit off.
     rate_limit_per_minute: int = Field(default=0, ge=0)
 
-    # --- variants, logs (used by later capabilities; validated now) -----------------------
-    log_format: Literal["json", "console"] = "json"
+    # --- variants -------------------------------------------------------------------------
     variant_max_dimension: int = Field(default=2048, ge=1, le=16384)
-    variant_sizes: str | None = None
+    variant_sizes: str | None = None  # e.g. "64x64,256x256"; parsed by `allowed_sizes`
+    # Renders run in a thread pool of this many workers; this many more may wait; beyond
+    # that a render request gets 429.
+    render_workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, le=64)
+    render_queue: int = Field(default=8, ge=0, le=1000)
+
+    # --- logs (used by the operations capability; validated now) --------------------------
+    log_format: Literal["json", "console"] = "json"
 
     @field_validator("database_url")
     @classmethod
@@ -110,6 +117,24 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")) or value[-3:] == "://":
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("variant_sizes")
+    @classmethod
+    def _check_sizes(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for item in value.split(","):
+            width, sep, height = item.strip().partition("x")
+            if not (sep and width.isdigit() and height.isdigit() and int(width) and int(height)):
+                raise ValueError(f"{item.strip()!r} is not WIDTHxHEIGHT (e.g. 256x256)")
+        return value
+
+    @property
+    def allowed_sizes(self) -> frozenset[tuple[int, int]] | None:
+        if self.variant_sizes is None:
+            return None
+        pairs = (item.strip().split("x") for item in self.variant_sizes.split(","))
+        return frozenset((int(w), int(h)) for w, h in pairs)
 
     @model_validator(mode="after")
     def _check_backend(self) -> Settings:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
@@ -20,6 +20,8 @@ from imagesvc.images.models import Visibility
 from imagesvc.images.schemas import ImageList, ImageOut, ImagePatch
 from imagesvc.images.service import ImageService
 from imagesvc.images.upload import read_upload
+from imagesvc.images.variants import VariantService
+from imagesvc.imaging.render import Fit
 
 
 def get_service(request: Request) -> ImageService:
@@ -186,6 +188,61 @@ async def get_image_content(
 ) -> Response:
     result = await service.content(viewer=viewer, image_id=image_id, conditions=conditions)
     return content_response(result)
+
+
+def get_variants(request: Request) -> VariantService:
+    variants: VariantService = request.app.state.variants
+    return variants
+
+
+VariantFormat = Literal["auto", "jpeg", "png", "webp", "avif"]
+
+
+@router.get(
+    "/{image_id}/variants/{spec}",
+    operation_id="getImageVariant",
+    summary="Get a resized rendition",
+    description=(
+        "Renders once (EXIF orientation applied, metadata stripped, sRGB, first frame of "
+        "animations), stores it, and serves it like `/content` afterwards. Sizes larger "
+        "than `IMAGESVC_VARIANT_MAX_DIMENSION` are clamped (proportions kept) and never "
+        "upscale the image. `format=auto` picks AVIF, then WebP, from `Accept`, else the "
+        "source's family, and the response varies on `Accept`."
+    ),
+    response_class=Response,
+    responses={**CONTENT_RESPONSES, **problem_responses(401, 404, 413, 422, 429, 503)},
+)
+async def get_image_variant(
+    image_id: ImageId,
+    spec: Annotated[
+        str,
+        Path(
+            pattern=r"^[0-9]{1,5}x[0-9]{1,5}$",
+            description="`{width}x{height}` of the box, e.g. `256x256`.",
+            examples=["256x256"],
+        ),
+    ],
+    variants: Annotated[VariantService, Depends(get_variants)],
+    viewer: ViewerDep,
+    conditions: ConditionsDep,
+    fit: Annotated[
+        Fit,
+        Query(description="`contain` (inside the box), `cover` (fills it, cropped), `fill`."),
+    ] = Fit.CONTAIN,
+    format: Annotated[VariantFormat, Query(description="Output format.")] = "auto",
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    width, height = (int(side) for side in spec.split("x"))
+    result = await variants.content(
+        viewer=viewer,
+        image_id=image_id,
+        size=(width, height),
+        fit=fit,
+        output=format,
+        accept=accept,
+        conditions=conditions,
+    )
+    return content_response(result, vary_accept=format == "auto")
 
 
 @router.delete(

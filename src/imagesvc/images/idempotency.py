@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -48,6 +48,8 @@ _SNAPSHOT_FIELDS = (
     "sha256",
     "filename",
     "visibility",
+    "blurhash",
+    "dominant_color",
 )
 
 
@@ -207,18 +209,12 @@ class IdempotentUploads:
 
         async def work(session: AsyncSession) -> int:
             cutoff = now - IDEMPOTENCY_TTL
-            expired = (
-                (
-                    await session.execute(
-                        IdempotencyRecord.__table__.select()
-                        .with_only_columns(IdempotencyRecord.owner, IdempotencyRecord.key)
-                        .where(IdempotencyRecord.created_at < cutoff)
-                        .limit(limit)
-                    )
-                )
-                .tuples()
-                .all()
+            query = (
+                select(IdempotencyRecord.owner, IdempotencyRecord.key)
+                .where(IdempotencyRecord.created_at < cutoff)
+                .limit(limit)
             )
+            expired = (await session.execute(query)).all()
             if not dry_run:
                 for owner, key in expired:
                     await session.execute(

@@ -36,6 +36,7 @@ from imagesvc.images.filenames import sanitise_filename
 from imagesvc.images.models import Image, ImageStatus, Visibility
 from imagesvc.images.repository import ImageRepository
 from imagesvc.imaging.probe import ImageInfo, NotAnImage, StreamProbe
+from imagesvc.imaging.render import Placeholder
 from imagesvc.storage.port import ObjectStore, ObjectWriter, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,14 @@ class Ingest:
         limits: UploadLimits,
         image_prefix: Callable[[str], str],
         db_timeout: float,
+        placeholders: Callable[[Image], Awaitable[Placeholder | None]] | None = None,
     ) -> None:
         self.sessions = sessions
         self.store = store
         self.limits = limits
         self.image_prefix = image_prefix
         self.db_timeout = db_timeout
+        self.placeholders = placeholders
 
     async def _tx(self, work: Callable[[AsyncSession], Awaitable[object]]) -> object:
         return await transaction(self.sessions, work, timeout=self.db_timeout)
@@ -142,6 +145,12 @@ class Ingest:
             image.visibility = request.chosen_visibility()  # a field may follow the file
             await writer.complete()
             await self._verify_stored(image, upload.size)
+            image.byte_size = upload.size
+            if self.placeholders is not None:
+                placeholder = await self.placeholders(image)
+                if placeholder is not None:
+                    image.blurhash = placeholder.blurhash
+                    image.dominant_color = placeholder.dominant_color
             await _stop(heartbeat, stop_heartbeat)
             await self._mark_ready(image, upload, hooks)
         except BaseException:
@@ -169,6 +178,8 @@ class Ingest:
                 sha256=upload.sha256,
                 frames=image.frames,
                 visibility=image.visibility,
+                blurhash=image.blurhash,
+                dominant_color=image.dominant_color,
                 now=now,
             )
             if became_ready:

@@ -1,15 +1,15 @@
 """The reconciler behind `imagesvc gc` (SPEC §4): after any crash, bring the store and the
 database back to "every object has a ready row and every ready row has its object".
 
-Four passes, each bounded by `limit` items per run:
+Passes, each bounded by `limit` items per run:
 1. Stale rows: `pending` rows whose upload stopped heart-beating (older than the upload
    lease and the grace period) are claimed (`pending -> deleting`, so the uploader can no
    longer make them ready), then their objects and unfinished writes are removed, then the
    row. `deleting` rows (a delete that crashed or met a store failure) are finished the
-   same way.
-2. Orphan objects under `<prefix>img/` whose image has no row at all, older than grace by
-   the store's LastModified. Rows are always written before objects, so an object of a
-   live upload always has a row.
+   same way. Variant claims (`rendering`) whose renderer died go too, with their object.
+2. Orphan objects under `<prefix>img/`: originals whose image has no row, variant objects
+   that no variant row names, older than grace by the store's LastModified. Rows are
+   always written before objects, so an object of a live upload or render has a row.
 3. Unfinished writes (S3 multipart uploads, local temp files) older than grace whose image
    is not a live pending upload.
 4. Idempotency keys past their 24 hours.
@@ -21,7 +21,7 @@ alongside another gc: it never touches a pending row whose lease is held.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from imagesvc.db import transaction, utcnow
 from imagesvc.ids import is_image_id
 from imagesvc.images.idempotency import IdempotentUploads
-from imagesvc.images.models import Image, ImageStatus
-from imagesvc.images.repository import ImageRepository
+from imagesvc.images.models import Image, ImageStatus, Variant
+from imagesvc.images.repository import ImageRepository, VariantRepository
 from imagesvc.storage.port import ObjectInfo, ObjectStore, UploadInfo
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class GcReport:
     rolled_back: list[str] = field(default_factory=list)  # abandoned uploads (image ids)
     finished_deletes: list[str] = field(default_factory=list)  # image ids
     orphan_objects: list[str] = field(default_factory=list)  # keys
+    abandoned_renders: list[str] = field(default_factory=list)  # keys
     aborted_uploads: list[str] = field(default_factory=list)  # keys
     expired_idempotency_keys: int = 0
     skipped_in_flight: int = 0
@@ -56,12 +57,14 @@ class GcReport:
         out = [f"{verb} abandoned upload {i}" for i in self.rolled_back]
         out += [f"{verb} objects of deleted image {i}" for i in self.finished_deletes]
         out += [f"{verb} orphan object {k}" for k in self.orphan_objects]
+        out += [f"{verb} abandoned render {k}" for k in self.abandoned_renders]
         out += [f"{verb} unfinished upload {k}" for k in self.aborted_uploads]
         out.append(
             f"gc {'dry run' if self.dry_run else 'done'}: "
             f"{len(self.rolled_back)} abandoned uploads, "
             f"{len(self.finished_deletes)} unfinished deletes, "
             f"{len(self.orphan_objects)} orphan objects, "
+            f"{len(self.abandoned_renders)} abandoned renders, "
             f"{len(self.aborted_uploads)} unfinished multipart uploads, "
             f"{self.expired_idempotency_keys} expired idempotency keys; "
             f"{self.skipped_in_flight} in flight left alone, "
@@ -106,6 +109,7 @@ class Reconciler:
         row_cutoff = min(store_cutoff, now - self.lease)
         report = GcReport(dry_run=dry_run)
         await self._stale_rows(report, row_cutoff, limit)
+        await self._stale_renders(report, row_cutoff, limit)
         await self._orphan_objects(report, store_cutoff, limit)
         await self._unfinished_uploads(report, store_cutoff, row_cutoff, limit)
         report.expired_idempotency_keys = await self.idempotency.purge_expired(
@@ -127,6 +131,23 @@ class Reconciler:
                 report.finished_deletes.append(image.id)
             if not report.dry_run:
                 await self._remove(image.id)
+
+    async def _stale_renders(self, report: GcReport, cutoff: datetime, limit: int) -> None:
+        """Variant claims whose renderer died: the row goes, then its (partial) object."""
+
+        async def stale(session: AsyncSession) -> Sequence[Variant]:
+            return await VariantRepository(session).stale(before=cutoff, limit=limit)
+
+        for variant in await transaction(self.sessions, stale, timeout=self.db_timeout):
+            report.abandoned_renders.append(variant.storage_key)
+            if report.dry_run:
+                continue
+
+            async def remove(session: AsyncSession, v: Variant = variant) -> bool:
+                return await VariantRepository(session).remove_stale(v, before=cutoff)
+
+            if await transaction(self.sessions, remove, timeout=self.db_timeout):
+                await self.store.delete_keys([variant.storage_key])
 
     async def _claim(self, image_id: str, cutoff: datetime) -> bool:
         claimed: bool = await self._tx(
@@ -163,7 +184,19 @@ class Reconciler:
             return
         ids = sorted({image_id for _, image_id in page})
         known = await self._tx(lambda repo: repo.states(ids))
-        orphans = [info.key for info, image_id in page if image_id not in known]
+        # A variant object is referenced only by its own variant row (each render writes a
+        # fresh key); originals by their image row.
+        variant_keys = [info.key for info, _ in page if "/v/" in info.key]
+        rendered = await transaction(
+            self.sessions,
+            lambda s: VariantRepository(s).known_keys(variant_keys),
+            timeout=self.db_timeout,
+        )
+        orphans = [
+            info.key
+            for info, image_id in page
+            if image_id not in known or ("/v/" in info.key and info.key not in rendered)
+        ]
         if orphans and not report.dry_run:
             await self.store.delete_keys(orphans)
         report.orphan_objects += orphans

@@ -20,6 +20,8 @@ _IMAGE_EXAMPLE: dict[str, Any] = {
     "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     "filename": "holiday.jpg",
     "visibility": "private",
+    "blurhash": "LEHV6nWB2yk8pyo0adR*.7kCMdnj",
+    "dominant_color": "#7a5c3e",
     "created_at": "2026-11-27T09:12:44.123Z",
     "links": {
         "self": "/v1/images/img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S",
@@ -48,6 +50,13 @@ class ImageOut(BaseModel):
     sha256: str = Field(description="Hex SHA-256 of the stored bytes.")
     filename: str | None = Field(description="The client's filename, sanitised; metadata only.")
     visibility: Visibility
+    blurhash: str | None = Field(
+        description="BlurHash (4x3) of the image, to paint a placeholder before the bytes "
+        "arrive; null if it could not be computed."
+    )
+    dominant_color: str | None = Field(
+        description="Dominant colour as #rrggbb; null if it could not be computed."
+    )
     created_at: datetime
     links: ImageLinks
 
@@ -71,6 +80,8 @@ class ImageOut(BaseModel):
             sha256=image.sha256,
             filename=image.filename,
             visibility=Visibility(image.visibility),
+            blurhash=image.blurhash,
+            dominant_color=image.dominant_color,
             created_at=image.created_at,
             links=ImageLinks.model_validate({"self": base, "content": f"{base}/content"}),
         )

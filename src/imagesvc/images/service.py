@@ -23,6 +23,7 @@ from imagesvc.images.ingest import Ingest, UploadLimits, UploadRequest, parse_vi
 from imagesvc.images.models import Image, ImageStatus, Visibility
 from imagesvc.images.repository import ImageRepository
 from imagesvc.images.serving import Blob, Conditions, Content, ServeOptions, serve
+from imagesvc.imaging.render import Placeholder
 from imagesvc.storage.port import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class ImageService:
         serve: ServeOptions,
         key_prefix: str = "",
         db_timeout: float = 10.0,
+        placeholders: Callable[[Image], Awaitable[Placeholder | None]] | None = None,
     ) -> None:
         self.sessions = sessions
         self.store = store
@@ -64,7 +66,9 @@ class ImageService:
         self.serve = serve
         self.key_prefix = key_prefix
         self.db_timeout = db_timeout
-        self.ingest = Ingest(sessions, store, limits, self.image_prefix, db_timeout)
+        self.ingest = Ingest(
+            sessions, store, limits, self.image_prefix, db_timeout, placeholders=placeholders
+        )
         self.idempotency = IdempotentUploads(sessions, self.ingest, db_timeout=db_timeout)
 
     def image_prefix(self, image_id: str) -> str:

@@ -75,15 +75,15 @@ def configure(max_pixels: int) -> None:
 
 
 def target_size(source: tuple[int, int], box: tuple[int, int], fit: Fit) -> tuple[int, int]:
-    """The output size. Variants never upscale: a box larger than the image is first
-    shrunk, keeping its proportions, until it fits inside the image."""
+    """The output size. Variants never upscale: `contain` scales by at most 1; for
+    `cover` and `fill` a box larger than the image is first shrunk, keeping its
+    proportions, until it fits inside the image (so the crop or stretch keeps its shape)."""
     (sw, sh), (bw, bh) = source, box
-    shrink = min(1.0, sw / bw, sh / bh)
-    bw, bh = max(1, round(bw * shrink)), max(1, round(bh * shrink))
     if fit is Fit.CONTAIN:
-        scale = min(bw / sw, bh / sh)
+        scale = min(1.0, bw / sw, bh / sh)
         return max(1, round(sw * scale)), max(1, round(sh * scale))
-    return bw, bh
+    shrink = min(1.0, sw / bw, sh / bh)
+    return max(1, round(bw * shrink)), max(1, round(bh * shrink))
 
 
 def render(source: bytes, box: tuple[int, int], fit: Fit, output: OutputFormat) -> Rendered:
