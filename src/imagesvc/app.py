@@ -6,17 +6,14 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagesvc import __version__
 from imagesvc.auth.keys import KeyService
@@ -32,6 +29,9 @@ from imagesvc.images.service import ImageService
 from imagesvc.images.serving import ServeOptions
 from imagesvc.images.variants import VariantPolicy, VariantService, placeholder_maker
 from imagesvc.imaging import render
+from imagesvc.observability.logs import configure_logging
+from imagesvc.observability.metrics import DB_POOL_IN_USE, DB_POOL_SIZE, render_latest
+from imagesvc.observability.middleware import RequestContextMiddleware
 from imagesvc.storage.local import LocalObjectStore
 from imagesvc.storage.port import ObjectStore
 from imagesvc.storage.s3 import S3ObjectStore, S3Options
@@ -182,6 +182,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     gc_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await gc_task
+                # Requests cancelled at shutdown clean up in shielded tasks: let them
+                # finish (bounded) while the store and the database are still open.
+                await app.state.variants.drain(within=10)
+                await app.state.images.ingest.drain(within=10)
                 pool.close()
 
     app = FastAPI(
@@ -190,9 +194,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Upload, serve, list and delete images: bytes in S3, facts in SQL.",
         lifespan=lifespan,
     )
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestContextMiddleware)
     install_problem_handlers(app)
     app.include_router(images_router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        engine: AsyncEngine = request.app.state.engine
+        pool: Any = engine.pool
+        if hasattr(pool, "checkedout"):
+            DB_POOL_IN_USE.set(pool.checkedout())
+            DB_POOL_SIZE.set(pool.size())
+        body, content_type = render_latest()
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", tags=["operations"], operation_id="healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
@@ -244,32 +258,8 @@ async def _check_dependencies(app: FastAPI) -> dict[str, bool]:
 
 
 def app_from_env() -> FastAPI:
-    """Uvicorn factory for `imagesvc serve` (each worker builds its own app)."""
-    return create_app()
-
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-class RequestIdMiddleware:
-    """Accept a sane `X-Request-ID` or make one; expose it to handlers and echo it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+    """Uvicorn factory for `imagesvc serve`: each worker process builds its own app and,
+    being a fresh process, configures its own logging."""
+    settings = load_settings()
+    configure_logging(settings.log_format)
+    return create_app(settings)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from importlib.resources import files
@@ -37,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default IMAGESVC_WORKERS, 1)"
+    )
 
     commands.add_parser("migrate", help="upgrade the database schema to the latest version")
 
@@ -83,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         return _fail(str(exc))
     if args.command == "serve":
-        return serve(settings, host=args.host, port=args.port, workers=args.workers)
+        workers = settings.workers if args.workers is None else args.workers
+        return serve(settings, host=args.host, port=args.port, workers=workers)
     if args.command == "migrate":
         return migrate(settings)
     if args.command == "keys":
@@ -102,9 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
     import uvicorn
 
+    from imagesvc.observability.logs import configure_logging
+
     if workers < 1:
         return _fail("--workers must be at least 1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_format)
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker writes its metrics here and /metrics sums them (see metrics.py).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imagesvc-metrics-")
     uvicorn.run(
         "imagesvc.app:app_from_env",
         factory=True,
@@ -113,9 +123,10 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
         workers=workers,
         # Uploads are streamed; a slow client must not hold a worker forever.
         timeout_keep_alive=15,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
         access_log=False,
         server_header=False,
+        log_config=None,  # ours (structured), set above and in each worker
     )
     return 0
 

@@ -81,8 +81,13 @@ class Settings(BaseSettings):
     render_workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, le=64)
     render_queue: int = Field(default=8, ge=0, le=1000)
 
-    # --- logs (used by the operations capability; validated now) --------------------------
+    # --- operations -----------------------------------------------------------------------
     log_format: Literal["json", "console"] = "json"
+    # `imagesvc serve` worker processes (the --workers flag overrides it).
+    workers: int = Field(default=1, ge=1, le=64)
+    # On SIGTERM: how long in-flight requests (uploads) may take to finish before they are
+    # cancelled and cleaned up (aborted multipart uploads, removed pending rows).
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
 
     @field_validator("database_url")
     @classmethod

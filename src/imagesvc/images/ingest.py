@@ -37,6 +37,7 @@ from imagesvc.images.models import Image, ImageStatus, Visibility
 from imagesvc.images.repository import ImageRepository
 from imagesvc.imaging.probe import ImageInfo, NotAnImage, StreamProbe
 from imagesvc.imaging.render import Placeholder
+from imagesvc.observability.metrics import UPLOADED_BYTES, UPLOADS
 from imagesvc.storage.port import ObjectStore, ObjectWriter, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -101,12 +102,27 @@ class Ingest:
         self.image_prefix = image_prefix
         self.db_timeout = db_timeout
         self.placeholders = placeholders
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     async def _tx(self, work: Callable[[AsyncSession], Awaitable[object]]) -> object:
         return await transaction(self.sessions, work, timeout=self.db_timeout)
 
     async def create(self, request: UploadRequest, hooks: UploadHooks | None = None) -> Image:
-        hooks = hooks or UploadHooks()
+        try:
+            image = await self._create(request, hooks or UploadHooks())
+        except BaseException as exc:
+            UPLOADS.labels(getattr(exc, "code", "interrupted")).inc()
+            raise
+        UPLOADS.labels("created").inc()
+        UPLOADED_BYTES.inc(image.byte_size or 0)
+        return image
+
+    async def drain(self, within: float) -> None:
+        """Wait (bounded) for clean-ups of failed or cancelled uploads still running."""
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=within)
+
+    async def _create(self, request: UploadRequest, hooks: UploadHooks) -> Image:
         upload = MeasuredUpload(self.limits)
         head = await upload.read_header(request.chunks)
         info = upload.probe.info
@@ -156,7 +172,10 @@ class Ingest:
         except BaseException:
             await _stop(heartbeat, stop_heartbeat)
             # Shielded: a cancelled request still cleans up (gc is the net if this fails).
-            await asyncio.shield(self._discard(image, writer))
+            cleanup = asyncio.ensure_future(self._discard(image, writer))
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
+            await asyncio.shield(cleanup)
             raise
         return image
 

@@ -33,6 +33,7 @@ from imagesvc.ids import is_image_id
 from imagesvc.images.idempotency import IdempotentUploads
 from imagesvc.images.models import Image, ImageStatus, Variant
 from imagesvc.images.repository import ImageRepository, VariantRepository
+from imagesvc.observability.metrics import GC_ITEMS
 from imagesvc.storage.port import ObjectInfo, ObjectStore, UploadInfo
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,16 @@ class GcReport:
     expired_idempotency_keys: int = 0
     skipped_in_flight: int = 0
     foreign_keys: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "abandoned_upload": len(self.rolled_back),
+            "unfinished_delete": len(self.finished_deletes),
+            "orphan_object": len(self.orphan_objects),
+            "abandoned_render": len(self.abandoned_renders),
+            "unfinished_multipart_upload": len(self.aborted_uploads),
+            "expired_idempotency_key": self.expired_idempotency_keys,
+        }
 
     def lines(self) -> list[str]:
         verb = "would remove" if self.dry_run else "removed"
@@ -115,6 +126,9 @@ class Reconciler:
         report.expired_idempotency_keys = await self.idempotency.purge_expired(
             now=now, limit=limit, dry_run=dry_run
         )
+        if not dry_run:
+            for kind, count in report.counts().items():
+                GC_ITEMS.labels(kind).inc(count)
         return report
 
     async def _stale_rows(self, report: GcReport, cutoff: datetime, limit: int) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,6 +32,7 @@ from imagesvc.images.service import ImageService
 from imagesvc.images.serving import Blob, Conditions, Content, serve
 from imagesvc.imaging import render as imaging
 from imagesvc.imaging.render import Fit, OutputFormat, Placeholder, RenderError
+from imagesvc.observability.metrics import RENDER_SECONDS, RENDERS
 from imagesvc.storage.port import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -194,17 +196,32 @@ class VariantService:
             key, storage_key=storage_key, now=now, stale_before=now - self.lease
         )
 
+    async def drain(self, within: float) -> None:
+        """At shutdown: stop renders in flight; each releases its claim on the way out."""
+        tasks = set(self._in_flight.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=within)
+
     async def _render(self, image: Image, key: VariantKey, storage_key: str) -> Variant:
         written = False
         try:
             source = await read_source(self.store, image)
-            rendered = await self.pool.run(
-                imaging.render,
-                source,
-                (key.box_width, key.box_height),
-                Fit(key.fit),
-                OutputFormat(key.format),
-            )
+            started = time.perf_counter()
+            try:
+                rendered = await self.pool.run(
+                    imaging.render,
+                    source,
+                    (key.box_width, key.box_height),
+                    Fit(key.fit),
+                    OutputFormat(key.format),
+                )
+            except BaseException as exc:
+                RENDERS.labels(key.format, getattr(exc, "code", "error")).inc()
+                raise
+            RENDER_SECONDS.labels(key.format).observe(time.perf_counter() - started)
+            RENDERS.labels(key.format, "rendered").inc()
             writer = await self.store.open_write(storage_key, content_type=rendered.content_type)
             try:
                 await writer.write(rendered.data)
