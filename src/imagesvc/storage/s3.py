@@ -283,6 +283,7 @@ class S3Writer:
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
         self._in_flight: asyncio.Task[None] | None = None
+        self._creating: asyncio.Future[None] | None = None
         self._finished = False
 
     async def write(self, data: bytes) -> None:
@@ -303,21 +304,23 @@ class S3Writer:
 
     async def _send_part(self, part: bytes) -> None:
         if self._upload_id is None:
-            # Shielded: cancelled half way, we would not know the id of an upload that
-            # S3 did open, and could not abort it.
-            created = await asyncio.shield(
-                _call(
-                    "create_multipart_upload",
-                    self._client.create_multipart_upload(
-                        Bucket=self._bucket, Key=self._key, ContentType=self._content_type
-                    ),
-                )
-            )
-            self._upload_id = created["UploadId"]
+            # A task, and shielded: if we are cancelled half way, S3 may still open the
+            # upload; the task records its id anyway, and abort() waits for it.
+            self._creating = asyncio.ensure_future(self._create_upload())
+            await asyncio.shield(self._creating)
         await self._wait_in_flight()
         number = len(self._parts) + 1
         self._parts.append({"PartNumber": number})
         self._in_flight = asyncio.create_task(self._upload_part(number, part))
+
+    async def _create_upload(self) -> None:
+        created = await _call(
+            "create_multipart_upload",
+            self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=self._key, ContentType=self._content_type
+            ),
+        )
+        self._upload_id = created["UploadId"]
 
     async def _upload_part(self, number: int, part: bytes) -> None:
         assert self._upload_id is not None
@@ -371,6 +374,8 @@ class S3Writer:
             self._in_flight.cancel()
             await asyncio.gather(self._in_flight, return_exceptions=True)
             self._in_flight = None
+        if self._creating is not None:
+            await asyncio.gather(self._creating, return_exceptions=True)
         if self._upload_id is not None:
             await _best_effort(
                 lambda: self._client.abort_multipart_upload(
