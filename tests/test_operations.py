@@ -205,7 +205,6 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
             "pip",
             "wheel",
             "--no-deps",
-            "--no-build-isolation",
             "-q",
             "-w",
             str(tmp_path),
