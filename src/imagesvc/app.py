@@ -8,10 +8,11 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -32,11 +33,26 @@ from imagesvc.imaging import render
 from imagesvc.observability.logs import configure_logging
 from imagesvc.observability.metrics import DB_POOL_IN_USE, DB_POOL_SIZE, render_latest
 from imagesvc.observability.middleware import RequestContextMiddleware
+from imagesvc.openapi import install_openapi
+from imagesvc.openapi import problem_response as problem_doc
 from imagesvc.storage.local import LocalObjectStore
 from imagesvc.storage.port import ObjectStore
 from imagesvc.storage.s3 import S3ObjectStore, S3Options
 
 READY_TIMEOUT = 2.0
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, Literal["ok", "down"]] = Field(
+        description="Each dependency: `database`, `storage`."
+    )
+
+
 log = logging.getLogger(__name__)
 
 
@@ -196,6 +212,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContextMiddleware)
     install_problem_handlers(app)
+    install_openapi(app)
     app.include_router(images_router)
 
     @app.get("/metrics", include_in_schema=False)
@@ -208,16 +225,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body, content_type = render_latest()
         return Response(body, media_type=content_type)
 
-    @app.get("/healthz", tags=["operations"], operation_id="healthz", summary="Liveness")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        operation_id="healthz",
+        summary="Liveness",
+        description="200 while the process runs; touches nothing else.",
+    )
+    async def healthz() -> Health:
+        return Health(status="ok")
 
     @app.get(
         "/readyz",
         tags=["operations"],
         operation_id="readyz",
         summary="Readiness: database and object store reachable",
-        responses={503: {"description": "A dependency is down; `detail` names it."}},
+        description="Checks both with a 2 s timeout each; 503 names what is down.",
+        response_model=Readiness,
+        responses={503: problem_doc("A dependency is down; `detail` names it.")},
     )
     async def readyz(request: Request) -> Any:
         checks = await _check_dependencies(request.app)

@@ -31,6 +31,9 @@ class Problem(BaseModel):
     detail: str = Field(description="What went wrong with this request.")
     code: str = Field(description="Stable machine-readable code, e.g. `unsupported_media_type`.")
     request_id: str | None = Field(description="Quote it when reporting a problem.")
+    errors: list[dict[str, str]] | None = Field(
+        default=None, description="Validation problems: `location` and `message` of each."
+    )
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

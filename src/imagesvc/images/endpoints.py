@@ -55,8 +55,9 @@ UPLOAD_BODY: dict[str, Any] = {
                 },
                 "encoding": {"file": {"contentType": "image/*, application/octet-stream"}},
             },
+            # Raw bodies may also be sent as `image/jpeg`, `image/png`, ...: documented as
+            # octet-stream only, because client generators do not take `image/*` here.
             "application/octet-stream": BINARY,
-            "image/*": BINARY,
         },
     },
     "parameters": [
@@ -149,6 +150,7 @@ async def list_images(
     "/{image_id}",
     operation_id="getImage",
     summary="Get an image's metadata",
+    description="The Image resource, for the owner's key only (another owner's image is 404).",
     responses=problem_responses(404, 503),
 )
 async def get_image(image_id: ImageId, service: ServiceDep, owner: OwnerDep) -> ImageOut:
@@ -210,7 +212,7 @@ VariantFormat = Literal["auto", "jpeg", "png", "webp", "avif"]
         "source's family, and the response varies on `Accept`."
     ),
     response_class=Response,
-    responses={**CONTENT_RESPONSES, **problem_responses(401, 404, 413, 422, 429, 503)},
+    responses={**CONTENT_RESPONSES, **problem_responses(401, 404, 413, 416, 422, 429, 503)},
 )
 async def get_image_variant(
     image_id: ImageId,

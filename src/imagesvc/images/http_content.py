@@ -24,9 +24,12 @@ from imagesvc.storage.port import ObjectStream
 # The bytes behind an id never change (a new upload is a new id): clients may keep them.
 ONE_YEAR = 31536000
 BINARY = {"schema": {"type": "string", "format": "binary"}}
+# The bytes come as their own image type; `application/octet-stream` is listed too because
+# client generators (openapi-python-client) only turn that one into a file/bytes result.
+_BYTES = {"image/*": BINARY, "application/octet-stream": BINARY}
 CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The image bytes.", "content": {"image/*": BINARY}},
-    206: {"description": "The requested byte range.", "content": {"image/*": BINARY}},
+    200: {"description": "The image bytes.", "content": _BYTES},
+    206: {"description": "The requested byte range.", "content": _BYTES},
     302: {"description": "Redirect to a short-lived signed URL of the bytes."},
     304: {"description": "The client's copy (If-None-Match) is current."},
 }
