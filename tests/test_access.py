@@ -243,3 +243,26 @@ async def test_key_is_in_no_table_and_no_log_line(
             for row in (await conn.execute(select(table))).all():
                 text = " ".join(str(value) for value in row)
                 assert secret not in text, table.name
+
+
+async def test_other_processes_changes_show_within_the_read_cache_bound(
+    app: FastAPI, anonymous: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    from sqlalchemy import update
+
+    from imagesvc.images.models import Image
+
+    service = app.state.images
+    public = await upload(anonymous, alice, visibility="public")
+    service.read_cache_seconds = 0.3
+    try:
+        assert (await fetch_content(anonymous, public["id"], {})).status_code == 200
+        # Another process turns it private: this one learns within read_cache_seconds.
+        async with service.sessions.begin() as session:
+            await session.execute(
+                update(Image).where(Image.id == public["id"]).values(visibility="private")
+            )
+        await asyncio.sleep(0.35)
+        assert (await anonymous.get(f"/v1/images/{public['id']}/content")).status_code == 404
+    finally:
+        service.read_cache_seconds = 1.0

@@ -105,6 +105,7 @@ def build_image_service(
         key_prefix=settings.s3_key_prefix if settings.storage_backend == "s3" else "",
         db_timeout=settings.db_timeout,
         placeholders=placeholder_maker(store, pool) if pool is not None else None,
+        read_cache_seconds=settings.read_cache_seconds,
     )
 
 

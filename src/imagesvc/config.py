@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # lease runs out, so a live upload is never reclaimed, whatever `--grace` says.
     upload_lease_seconds: float = Field(default=60.0, ge=1.0)
 
+    # Serving reads an image's row at most once per this many seconds per process (the
+    # bound on how long another process's PATCH or DELETE takes to show); 0 turns it off.
+    read_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+
     # --- access -----------------------------------------------------------------------------
     # How long a process trusts what it read about a key: the bound on revocation delay.
     auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)

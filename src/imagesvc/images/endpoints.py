@@ -24,7 +24,7 @@ from imagesvc.images.variants import VariantService
 from imagesvc.imaging.render import Fit
 
 
-def get_service(request: Request) -> ImageService:
+async def get_service(request: Request) -> ImageService:
     service: ImageService = request.app.state.images
     return service
 
@@ -192,7 +192,7 @@ async def get_image_content(
     return content_response(result)
 
 
-def get_variants(request: Request) -> VariantService:
+async def get_variants(request: Request) -> VariantService:
     variants: VariantService = request.app.state.variants
     return variants
 

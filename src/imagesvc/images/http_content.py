@@ -51,7 +51,7 @@ def parse_range(header: str | None) -> RangeRequest | None:
     return RangeRequest(first, last)
 
 
-def request_conditions(
+async def request_conditions(
     range_: Annotated[str | None, Header(alias="Range")] = None,
     if_range: Annotated[str | None, Header(alias="If-Range")] = None,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,

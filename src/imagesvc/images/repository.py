@@ -9,10 +9,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagesvc.images.models import Image, ImageStatus, Variant, VariantStatus, Visibility
+
+_images = Image.__table__
+# Built once: the content and variant paths run this on every request, and building and
+# hashing the statement each time costs as much as executing it.
+READY_BY_ID = select(_images).where(
+    _images.c.id == bindparam("image_id"), _images.c.status == ImageStatus.READY.value
+)
 
 
 class ImageRepository:

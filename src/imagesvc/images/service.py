@@ -9,25 +9,27 @@ so no `ready` row ever points at a missing object.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from imagesvc.db import transaction, utcnow
+from imagesvc.db import fetch_one, transaction, utcnow
 from imagesvc.errors import InvalidParameter, NotFound, ServiceUnavailable
 from imagesvc.images.filenames import sanitise_filename
 from imagesvc.images.idempotency import Created, IdempotentUploads
 from imagesvc.images.ingest import Ingest, UploadLimits, UploadRequest, parse_visibility
 from imagesvc.images.models import Image, ImageStatus, Visibility
-from imagesvc.images.repository import ImageRepository
+from imagesvc.images.repository import READY_BY_ID, ImageRepository
 from imagesvc.images.serving import Blob, Conditions, Content, ServeOptions, serve
 from imagesvc.imaging.render import Placeholder
 from imagesvc.storage.port import ObjectStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_READ_CACHE_MAX = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,7 @@ class ImageService:
         key_prefix: str = "",
         db_timeout: float = 10.0,
         placeholders: Callable[[Image], Awaitable[Placeholder | None]] | None = None,
+        read_cache_seconds: float = 1.0,
     ) -> None:
         self.sessions = sessions
         self.store = store
@@ -66,6 +69,8 @@ class ImageService:
         self.serve = serve
         self.key_prefix = key_prefix
         self.db_timeout = db_timeout
+        self.read_cache_seconds = read_cache_seconds
+        self._readable: dict[str, tuple[Image, float]] = {}
         self.ingest = Ingest(
             sessions, store, limits, self.image_prefix, db_timeout, placeholders=placeholders
         )
@@ -123,6 +128,7 @@ class ImageService:
             values["filename"] = sanitise_filename(raw if isinstance(raw, str) else None)
         if values:
             values["updated_at"] = utcnow()
+        self.forget(image_id)
         image = await self._tx(lambda repo: repo.update_fields(owner, image_id, **values))
         if image is None:
             raise NotFound(f"no image {image_id}")
@@ -136,6 +142,7 @@ class ImageService:
         image = await self.viewable(viewer=viewer, image_id=image_id)
 
         async def still_there() -> bool:
+            self.forget(image_id)  # the object is gone: do not trust the cached row
             return await self._tx(lambda repo: repo.get_viewable(image_id, viewer)) is not None
 
         return await serve(
@@ -143,14 +150,39 @@ class ImageService:
         )
 
     async def viewable(self, *, viewer: str | None, image_id: str) -> Image:
-        image = await self._tx(lambda repo: repo.get_viewable(image_id, viewer), read_only=True)
-        if image is None:
-            raise NotFound(f"no image {image_id}")
+        """A ready image `viewer` may fetch: their own, or anyone's public one.
+
+        Serving bytes is the hot path, so the row is read with one prepared Core statement
+        and kept for `read_cache_seconds` (default 1 s) in this process; this process's own
+        changes and deletes drop it at once, other processes' within that bound."""
+        now = time.monotonic()
+        cached = self._readable.get(image_id)
+        if cached is not None and now - cached[1] < self.read_cache_seconds:
+            image = cached[0]
+        else:
+            engine = self.sessions.kw["bind"]
+            row = await fetch_one(
+                engine, READY_BY_ID, {"image_id": image_id}, timeout=self.db_timeout
+            )
+            if row is None:
+                self._readable.pop(image_id, None)
+                raise NotFound(f"no image {image_id}")
+            image = Image(**row._mapping)
+            if self.read_cache_seconds > 0:
+                if len(self._readable) >= _READ_CACHE_MAX:
+                    self._readable.clear()
+                self._readable[image_id] = (image, now)
+        if image.visibility != Visibility.PUBLIC and image.owner != viewer:
+            raise NotFound(f"no image {image_id}")  # exactly like a missing one
         return image
+
+    def forget(self, image_id: str) -> None:
+        self._readable.pop(image_id, None)
 
     # --- delete -----------------------------------------------------------------------------
 
     async def delete(self, *, owner: str, image_id: str) -> None:
+        self.forget(image_id)
         now = utcnow()
         image = await self._tx(lambda repo: repo.mark_deleting(owner, image_id, now=now))
         if image is None:

@@ -134,4 +134,4 @@ async def _redirect(store: ObjectStore, options: ServeOptions, blob: Blob) -> Re
     if signed is None:
         return None
     # Reusable only while the signed URL is comfortably valid.
-    return Redirect(signed, blob, cacheable_for=options.signed_url_ttl // 2)
+    return Redirect(signed.url, blob, cacheable_for=int(signed.valid_for // 2))

@@ -24,6 +24,7 @@ from imagesvc.storage.port import (
     ObjectInfo,
     ObjectMissing,
     ObjectStream,
+    SignedUrl,
     StorageUnavailable,
     UploadInfo,
 )
@@ -156,7 +157,7 @@ class LocalObjectStore:
         path = self.root / INCOMING / Path(upload.upload_id).name
         await _io(lambda: path.unlink(missing_ok=True))
 
-    async def signed_url(self, key: str, *, ttl: int) -> str | None:
+    async def signed_url(self, key: str, *, ttl: int) -> SignedUrl | None:
         return None  # files are served through the API (proxy), there is nothing to sign
 
     async def ping(self) -> None:

@@ -35,6 +35,12 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class SignedUrl:
+    url: str
+    valid_for: float  # seconds from now
+
+
+@dataclass(frozen=True, slots=True)
 class UploadInfo:
     """An unfinished write: an S3 multipart upload, or a local temp file."""
 
@@ -109,7 +115,7 @@ class ObjectStore(Protocol):
     async def abort_upload(self, upload: UploadInfo) -> None:
         """Discard an unfinished write; one already gone is not an error."""
 
-    async def signed_url(self, key: str, *, ttl: int) -> str | None:
+    async def signed_url(self, key: str, *, ttl: int) -> SignedUrl | None:
         """A time-limited GET URL, or None when this store can only be read through us."""
 
     async def ping(self) -> None:
