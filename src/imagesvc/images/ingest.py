@@ -44,6 +44,8 @@ from imagesvc.storage.port import ObjectStore, ObjectWriter, StorageUnavailable
 log = logging.getLogger(__name__)
 
 SessionHook = Callable[[AsyncSession], Awaitable[None]]
+# Uploads up to this size keep their bytes for the placeholder decode.
+INLINE_PLACEHOLDER = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,7 @@ class Ingest:
         limits: UploadLimits,
         image_prefix: Callable[[str], str],
         db_timeout: float,
-        placeholders: Callable[[Image], Awaitable[Placeholder | None]] | None = None,
+        placeholders: Callable[[Image, bytes | None], Awaitable[Placeholder | None]] | None = None,
     ) -> None:
         self.sessions = sessions
         self.store = store
@@ -159,20 +161,28 @@ class Ingest:
         writer: ObjectWriter | None = None
         try:
             writer = await self.store.open_write(image.storage_key, content_type=image.content_type)
+            # Small uploads keep a copy for the placeholder decode (no read-back from the
+            # store); large ones are read back, so memory stays bounded by the part size.
+            inline: list[bytes] | None = list(head) if self.placeholders else None
             head.reverse()
             while head:  # release each held chunk as soon as the writer has it
                 await writer.write(head.pop())
             async for chunk in request.chunks:
                 upload.take(chunk)
                 await writer.write(chunk)
+                if inline is not None and upload.size <= INLINE_PLACEHOLDER:
+                    inline.append(chunk)
+                else:
+                    inline = None
             final = upload.finish()
             image.frames = final.frames
             image.visibility = request.chosen_visibility()  # a field may follow the file
-            await writer.complete()
-            await self._verify_stored(image, upload.size)
+            confirmed = await writer.complete()
+            await self._verify_stored(image, upload.size, confirmed)
             image.byte_size = upload.size
             if self.placeholders is not None:
-                placeholder = await self.placeholders(image)
+                source = b"".join(inline) if inline is not None else None
+                placeholder = await self.placeholders(image, source)
                 if placeholder is not None:
                     image.blurhash = placeholder.blurhash
                     image.dominant_color = placeholder.dominant_color
@@ -188,11 +198,14 @@ class Ingest:
             raise
         return image
 
-    async def _verify_stored(self, image: Image, size: int) -> None:
-        """The store said the object is durable; check it is there with every byte before
-        promising anything (a 201 means the bytes are in the store)."""
-        stored = await self.store.head(image.storage_key)
-        if stored is None or stored.size != size:
+    async def _verify_stored(self, image: Image, size: int, confirmed: int | None) -> None:
+        """The store said the object is durable; check it holds every byte before promising
+        anything (a 201 means the bytes are in the store). A single PutObject or fsync
+        already confirmed its size; an assembled multipart upload is checked with a HEAD."""
+        if confirmed is None:
+            stored = await self.store.head(image.storage_key)
+            confirmed = stored.size if stored is not None else None
+        if confirmed != size:
             log.error("store lost or truncated upload %s", image.id)
             raise StorageUnavailable("the object store did not keep the upload; retry it")
 

@@ -60,7 +60,7 @@ class ImageService:
         serve: ServeOptions,
         key_prefix: str = "",
         db_timeout: float = 10.0,
-        placeholders: Callable[[Image], Awaitable[Placeholder | None]] | None = None,
+        placeholders: Callable[[Image, bytes | None], Awaitable[Placeholder | None]] | None = None,
         read_cache_seconds: float = 1.0,
     ) -> None:
         self.sessions = sessions
@@ -103,8 +103,8 @@ class ImageService:
     # --- read -------------------------------------------------------------------------------
 
     async def get(self, *, owner: str, image_id: str) -> Image:
-        image = await self._tx(lambda repo: repo.get_for_owner(owner, image_id), read_only=True)
-        if image is None:
+        image = await self.viewable(viewer=owner, image_id=image_id)
+        if image.owner != owner:  # metadata is the owner's only, public or not
             raise NotFound(f"no image {image_id}")
         return image
 

@@ -273,15 +273,17 @@ async def read_source(store: ObjectStore, image: Image) -> bytes:
 
 def placeholder_maker(
     store: ObjectStore, pool: RenderPool
-) -> Callable[[Image], Awaitable[Placeholder | None]]:
-    """For uploads: blurhash and dominant colour from the stored bytes, off the event loop.
-    Never fails an upload: an image that cannot be decoded just has no placeholder."""
+) -> Callable[[Image, bytes | None], Awaitable[Placeholder | None]]:
+    """For uploads: blurhash and dominant colour from the uploaded bytes (or, for large
+    uploads, the stored ones), off the event loop. Never fails an upload: an image that
+    cannot be decoded just has no placeholder."""
 
-    async def make(image: Image) -> Placeholder | None:
-        if (image.byte_size or 0) > MAX_SOURCE_BYTES:
+    async def make(image: Image, source: bytes | None) -> Placeholder | None:
+        if source is None and (image.byte_size or 0) > MAX_SOURCE_BYTES:
             return None
         try:
-            source = await read_source(store, image)
+            if source is None:
+                source = await read_source(store, image)
             return await pool.run_always(imaging.placeholder, source)
         except (RenderError, ProblemError):
             log.info("no placeholder for %s", image.id)

@@ -202,17 +202,20 @@ class _LocalWriter:
         block, self._pending = bytes(self._pending), bytearray()
         await _io(self._handle.write, block)
 
-    async def complete(self) -> None:
+    async def complete(self) -> int | None:
         await self._flush()
-        await _io(self._commit)
+        size = await _io(self._commit)
         self._done = True
+        return size
 
-    def _commit(self) -> None:
+    def _commit(self) -> int:
         self._handle.flush()
         os.fsync(self._handle.fileno())
+        size = os.fstat(self._handle.fileno()).st_size
         self._handle.close()
         self._final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._temp, self._final)
+        return size
 
     async def abort(self) -> None:
         if self._done:

@@ -80,8 +80,11 @@ class ObjectWriter(Protocol):
 
     async def write(self, data: bytes) -> None: ...
 
-    async def complete(self) -> None:
-        """Make the object durable under its key; raises StorageUnavailable on failure."""
+    async def complete(self) -> int | None:
+        """Make the object durable under its key; raises StorageUnavailable on failure.
+        Returns the byte count the store confirmed for exactly this write (a single
+        request with Content-Length, an fsynced file), or None when only a HEAD can tell
+        (a multipart upload assembled from parts)."""
 
     async def abort(self) -> None:
         """Discard everything written so far (open multipart upload included). Idempotent."""

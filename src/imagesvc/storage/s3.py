@@ -357,9 +357,11 @@ class S3Writer:
             task, self._in_flight = self._in_flight, None
             await task
 
-    async def complete(self) -> None:
+    async def complete(self) -> int | None:
+        confirmed: int | None = None
         if self._upload_id is None:
             body = self._take_pending()
+            confirmed = len(body)  # PutObject stores exactly Content-Length bytes, or fails
             await _call(
                 "put_object",
                 self._client.put_object(
@@ -380,6 +382,7 @@ class S3Writer:
                 ),
             )
         self._finished = True
+        return confirmed
 
     async def abort(self) -> None:
         if self._finished:
