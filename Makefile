@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck compose-check pytest install clean
+.PHONY: run test lint typecheck compose-check pytest bench install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ compose-check: install
 
 pytest: install
 	$(BIN)/pytest
+
+# Not part of `make test`: starts its own MariaDB and S3, installs wrk (Debian) and the
+# baselines (tutorial app, thumbor) in their own virtualenvs, writes BENCHMARKS.md.
+bench: install
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 from sqlalchemy import DateTime, Executable, MetaData, Row, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
@@ -90,17 +91,39 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": settings.db_connect_timeout})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_timeout=settings.db_connect_timeout,
-        # A connection dropped by the server (restart, wait_timeout) is detected and replaced
-        # before use instead of failing the request.
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"connect_timeout": settings.db_connect_timeout, "charset": "utf8mb4"},
     )
+    event.listen(engine.sync_engine.pool, "checkin", _note_idle)
+    event.listen(engine.sync_engine.pool, "checkout", _ping_if_idle)
+    return engine
+
+
+# A connection dropped by the server (restart, network, wait_timeout) is replaced before
+# use instead of failing a request. SQLAlchemy's pool_pre_ping does that with a round trip
+# on every checkout (measured: a quarter of the database time of a cached read); a
+# connection used within the last seconds is alive, so only idle ones are pinged. One
+# that breaks while busy fails its request, and SQLAlchemy then recycles the whole pool.
+PING_IDLE_AFTER = 2.0
+
+
+def _note_idle(_dbapi_connection: Any, record: Any) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < PING_IDLE_AFTER:
+        return
+    try:
+        dbapi_connection.ping(False)
+    except Exception as exc:  # any failure: let the pool replace it
+        raise DisconnectionError() from exc
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -190,9 +190,14 @@ def _source_profile(icc: bytes) -> ImageCms.ImageCmsProfile | None:
 
 
 def _dominant(image: Image.Image) -> str:
-    quantized = image.quantize(colors=5, method=Image.Quantize.MEDIANCUT)
-    palette = quantized.getpalette() or []
-    counts: list[tuple[int, int]] = sorted(quantized.getcolors() or [], reverse=True)  # type: ignore[arg-type]
-    index = counts[0][1] if counts else 0
-    red, green, blue = palette[index * 3 : index * 3 + 3] or (0, 0, 0)
-    return f"#{red:02x}{green:02x}{blue:02x}"
+    """The mean colour of the most common of 512 colour buckets over a 16x16 sample (median
+    cut quantizing cost as much as the whole draft decode; this, a few hundred µs)."""
+    sample = image.resize((16, 16), Image.Resampling.BOX)
+    buckets: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}
+    for y in range(16):
+        for x in range(16):
+            red, green, blue = sample.getpixel((x, y))[:3]  # type: ignore[index]
+            buckets.setdefault((red >> 5, green >> 5, blue >> 5), []).append((red, green, blue))
+    members = max(buckets.values(), key=len)
+    mean = [round(sum(channel) / len(members)) for channel in zip(*members, strict=True)]
+    return "#" + "".join(f"{value:02x}" for value in mean)
