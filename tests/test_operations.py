@@ -98,7 +98,7 @@ async def test_request_log_lines_and_no_secrets(
     key = auth["Authorization"].removeprefix("Bearer ")
     for secret in (
         key,
-        key.rsplit("_", 1)[1],
+        key[len("isk_") + 17 :],
         ops_env["IMAGESVC_S3_SECRET_ACCESS_KEY"],
         DB_PASSWORD,
         signature,

@@ -8,6 +8,7 @@ so no `ready` row ever points at a missing object.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,6 +72,7 @@ class ImageService:
         self.db_timeout = db_timeout
         self.read_cache_seconds = read_cache_seconds
         self._readable: dict[str, tuple[Image, float]] = {}
+        self._loading: dict[str, asyncio.Future[Image | None]] = {}
         self.ingest = Ingest(
             sessions, store, limits, self.image_prefix, db_timeout, placeholders=placeholders
         )
@@ -155,25 +157,34 @@ class ImageService:
         Serving bytes is the hot path, so the row is read with one prepared Core statement
         and kept for `read_cache_seconds` (default 1 s) in this process; this process's own
         changes and deletes drop it at once, other processes' within that bound."""
-        now = time.monotonic()
         cached = self._readable.get(image_id)
-        if cached is not None and now - cached[1] < self.read_cache_seconds:
-            image = cached[0]
+        if cached is not None and time.monotonic() - cached[1] < self.read_cache_seconds:
+            image: Image | None = cached[0]
         else:
-            engine = self.sessions.kw["bind"]
-            row = await fetch_one(
-                engine, READY_BY_ID, {"image_id": image_id}, timeout=self.db_timeout
-            )
-            if row is None:
-                self._readable.pop(image_id, None)
-                raise NotFound(f"no image {image_id}")
-            image = Image(**row._mapping)
-            if self.read_cache_seconds > 0:
-                if len(self._readable) >= _READ_CACHE_MAX:
-                    self._readable.clear()
-                self._readable[image_id] = (image, now)
-        if image.visibility != Visibility.PUBLIC and image.owner != viewer:
-            raise NotFound(f"no image {image_id}")  # exactly like a missing one
+            # Single flight: when a hot entry expires, the requests that find it expired
+            # share one query instead of each taking a pooled connection.
+            loading = self._loading.get(image_id)
+            if loading is None:
+                loading = asyncio.ensure_future(self._load(image_id))
+                self._loading[image_id] = loading
+                loading.add_done_callback(lambda _: self._loading.pop(image_id, None))
+            image = await asyncio.shield(loading)
+        if image is None or (image.visibility != Visibility.PUBLIC and image.owner != viewer):
+            raise NotFound(f"no image {image_id}")  # another owner's: exactly like a missing one
+        return image
+
+    async def _load(self, image_id: str) -> Image | None:
+        started = time.monotonic()
+        engine = self.sessions.kw["bind"]
+        row = await fetch_one(engine, READY_BY_ID, {"image_id": image_id}, timeout=self.db_timeout)
+        if row is None:
+            self._readable.pop(image_id, None)
+            return None
+        image = Image(**row._mapping)
+        if self.read_cache_seconds > 0:
+            if len(self._readable) >= _READ_CACHE_MAX:
+                self._readable.clear()
+            self._readable[image_id] = (image, started)
         return image
 
     def forget(self, image_id: str) -> None:
