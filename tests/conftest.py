@@ -4,8 +4,6 @@ directory, each behind the real app. Tests using `client` run once per backend."
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -29,9 +27,9 @@ from tests.services import (
     S3_SECRET_KEY,
     MariaDB,
     Process,
-    start_mariadb,
     start_moto,
     start_rclone,
+    throwaway_mariadb,
 )
 
 BACKENDS = ["mariadb+moto", "mariadb+rclone", "sqlite+local"]
@@ -53,14 +51,8 @@ def mariadb(workdir: Path) -> Iterator[MariaDB | str]:
         command.upgrade(alembic_config(external), "head")
         yield external
         return
-    # Not under pytest's tmp dir: that is private to root, and mariadbd runs as `mysql`.
-    base = Path(tempfile.mkdtemp(prefix="imagesvc-mariadb-"))
-    base.chmod(0o755)
-    server = start_mariadb(base / "server")
-    command.upgrade(alembic_config(server.url), "head")
-    yield server
-    server.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    with throwaway_mariadb() as server:
+        yield server
 
 
 def mysql_url(server: MariaDB | str) -> str:

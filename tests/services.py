@@ -10,8 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -231,6 +233,24 @@ def start_mariadb(base: Path) -> MariaDB:
     server.start()
     server.sql("CREATE DATABASE imagesvc CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
     return server
+
+
+@contextmanager
+def throwaway_mariadb() -> Iterator[MariaDB]:
+    """A migrated MariaDB in a temporary directory, removed afterwards. Not under pytest's
+    tmp dir: that is private to root, and mariadbd runs as `mysql`."""
+    from alembic import command
+    from imagesvc.cli import alembic_config
+
+    base = Path(tempfile.mkdtemp(prefix="imagesvc-mariadb-"))
+    base.chmod(0o755)
+    server = start_mariadb(base / "server")
+    try:
+        command.upgrade(alembic_config(server.url), "head")
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def start_imagesvc(

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import socket
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from alembic import command
 from imagesvc.app import create_app
-from imagesvc.cli import alembic_config
 from imagesvc.config import MIB, Settings
 from imagesvc.storage.port import ObjectWriter
 from tests.conftest import act_as, s3_settings
@@ -35,8 +31,8 @@ from tests.services import (
     Process,
     create_key,
     start_imagesvc,
-    start_mariadb,
     start_rclone,
+    throwaway_mariadb,
 )
 
 LEASE = 2.0
@@ -45,13 +41,8 @@ BUCKET = "faults"
 
 @pytest.fixture(scope="module")
 def fault_db() -> Iterator[MariaDB]:
-    base = Path(tempfile.mkdtemp(prefix="imagesvc-faults-"))
-    base.chmod(0o755)
-    server = start_mariadb(base / "server")
-    command.upgrade(alembic_config(server.url), "head")
-    yield server
-    server.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    with throwaway_mariadb() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -148,27 +148,14 @@ async def transaction(
     retry_read: bool = False,
 ) -> T:
     """Run `work` in one short transaction: commit on success, roll back on error.
+    `retry_read=True` retries once, for read-only work, when a pooled connection turns out
+    to be dead (server restarted): safe because nothing was written."""
 
-    This is the edge of the database port: a database that is down, restarting or hung
-    becomes DatabaseUnavailable (503 + Retry-After) within `timeout` seconds instead of a
-    500 or a hung request. `retry_read=True` retries once, for read-only work, when a
-    pooled connection turns out to be dead (server restarted): safe because nothing was
-    written.
-    """
-    attempts = 2 if retry_read else 1
-    for attempt in range(attempts):
-        try:
-            async with asyncio.timeout(timeout), sessions.begin() as session:
-                return await work(session)
-        except UNAVAILABLE_ERRORS as exc:
-            if attempt + 1 < attempts and getattr(exc, "connection_invalidated", False):
-                continue
-            log.warning("database unavailable: %s", type(exc).__name__)
-            raise DatabaseUnavailable() from None
-        except TimeoutError:
-            log.warning("database did not answer within %.1fs", timeout)
-            raise DatabaseUnavailable() from None
-    raise AssertionError("unreachable")  # pragma: no cover
+    async def run() -> T:
+        async with sessions.begin() as session:
+            return await work(session)
+
+    return await _against_database(run, timeout=timeout, retries=1 if retry_read else 0)
 
 
 async def fetch_one(
@@ -180,13 +167,30 @@ async def fetch_one(
 ) -> Row[Any] | None:
     """One Core read on a pooled connection, no ORM session, no transaction to commit: the
     hot paths (serving content) spend a third of their CPU in session bookkeeping
-    otherwise. Same 503 translation as `transaction`, and one retry on a dead connection."""
-    for attempt in range(2):
+    otherwise. Retried once on a dead connection (it only reads)."""
+
+    async def run() -> Row[Any] | None:
+        async with engine.connect() as conn:
+            return (await conn.execute(statement, params)).first()
+
+    return await _against_database(run, timeout=timeout, retries=1)
+
+
+async def _against_database(
+    run: Callable[[], Awaitable[T]],
+    *,
+    timeout: float,  # noqa: ASYNC109 (bounds the whole call, by design)
+    retries: int,
+) -> T:
+    """The edge of the database port: a database that is down, restarting or hung becomes
+    DatabaseUnavailable (503 + Retry-After) within `timeout` seconds, never a 500 or a
+    hung request."""
+    for attempt in range(retries + 1):
         try:
-            async with asyncio.timeout(timeout), engine.connect() as conn:
-                return (await conn.execute(statement, params)).first()
+            async with asyncio.timeout(timeout):
+                return await run()
         except UNAVAILABLE_ERRORS as exc:
-            if attempt == 0 and getattr(exc, "connection_invalidated", False):
+            if attempt < retries and getattr(exc, "connection_invalidated", False):
                 continue
             log.warning("database unavailable: %s", type(exc).__name__)
             raise DatabaseUnavailable() from None
