@@ -140,15 +140,24 @@ async def test_metrics_sum_both_workers(
     assert any(n.startswith("imagesvc_db_pool_checked_out") for n in samples)
 
 
-async def test_sigterm_aborts_unfinished_uploads_cleanly(
+@pytest.fixture
+def short_grace_server(
     ops_env: dict[str, str], tmp_path: Path
-) -> None:
+) -> Iterator[tuple[Process, str, dict[str, str]]]:
     env = {
         **ops_env,
         "IMAGESVC_SHUTDOWN_GRACE_SECONDS": "2",
         "IMAGESVC_MAX_UPLOAD_BYTES": str(512 * MIB),
     }
     process, url = start_imagesvc(tmp_path, env)
+    yield process, url, env
+    process.stop()  # a no-op once the test's SIGTERM ended it; a safety net otherwise
+
+
+async def test_sigterm_aborts_unfinished_uploads_cleanly(
+    short_grace_server: tuple[Process, str, dict[str, str]],
+) -> None:
+    process, url, env = short_grace_server
     auth = {"Authorization": f"Bearer {create_key(env, 'ops-shutdown')}"}
     fields: dict[str, Any] = {k.removeprefix("IMAGESVC_").lower(): v for k, v in env.items()}
     settings = Settings(**fields)
