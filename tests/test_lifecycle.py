@@ -196,7 +196,14 @@ async def test_visibility_form_field_and_patch(client: httpx.AsyncClient) -> Non
     assert cleared.json()["filename"] is None
     assert cleared.json()["visibility"] == "private"
 
-    for bad in ({"visibility": "secret"}, {"visibility": None}, {"owner": "someone"}):
+    made_public = await client.patch(f"/v1/images/{image['id']}", json={"visibility": "public"})
+    assert made_public.json()["visibility"] == "public"
+    # Merge-patch null removes the member: visibility goes back to its default.
+    reset = await client.patch(f"/v1/images/{image['id']}", json={"visibility": None})
+    assert reset.status_code == 200
+    assert reset.json()["visibility"] == "private"
+
+    for bad in ({"visibility": "secret"}, {"owner": "someone"}, {"filename": 7}):
         refused = await client.patch(f"/v1/images/{image['id']}", json=bad)
         assert refused.status_code == 422, bad
         assert refused.headers["content-type"] == "application/problem+json"

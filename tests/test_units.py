@@ -102,3 +102,16 @@ def test_key_prefix_gets_its_slash() -> None:
 def test_access_key_without_secret_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="IMAGESVC_S3_SECRET_ACCESS_KEY"):
         load_settings(s3_access_key_id="AKIA")
+
+
+def test_gc_tells_variants_by_key_structure_not_by_substring() -> None:
+    from typing import Any, cast
+
+    from imagesvc.images.reconcile import Reconciler
+
+    nothing = cast(Any, None)
+    gc = Reconciler(nothing, nothing, nothing, key_prefix="prod/v/", lease_seconds=60)
+    image_id = "img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S"
+    assert not gc._is_variant(f"prod/v/img/{image_id}/original")
+    assert gc._is_variant(f"prod/v/img/{image_id}/v/64x64-cover-ab12.webp")
+    assert gc._image_id(f"prod/v/img/{image_id}/original") == image_id

@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
+from imagesvc.db import utcnow
 from imagesvc.images.render_pool import RenderPool
 from tests.conftest import Inspector, fetch_content
 from tests.images import encode
@@ -314,3 +315,72 @@ async def test_gc_knows_variant_objects(
     assert orphan in report.orphan_objects
     assert inspector.keys() == kept  # the original and the ready variant stay
     assert (await variant(client, image["id"], "70x70", format="jpeg")).status_code == 200
+
+
+def _corrupt_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((256, 256), 50).convert("RGB").save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    for index in range(200, len(data) - 20, 97):  # pixel data only: the header stays valid
+        data[index] ^= 0x55
+    return bytes(data)
+
+
+def _corrupt_avif() -> bytes:
+    """An AVIF whose header is fine but whose payload libavif refuses (RuntimeError)."""
+    import random
+
+    from imagesvc.imaging.render import RenderError, placeholder
+
+    base = encode("AVIF", (96, 80))
+    chooser = random.Random(7)
+    for _ in range(2000):
+        data = bytearray(base)
+        start = chooser.randrange(12, len(data))
+        end = min(len(data), start + chooser.randint(1, 64))
+        data[start:end] = bytes(chooser.randrange(256) for _ in range(end - start))
+        try:
+            placeholder(bytes(data))
+        except RenderError as exc:
+            if isinstance(exc.__cause__, RuntimeError):
+                return bytes(data)
+    pytest.skip("no libavif-refused mutation found")
+
+
+@pytest.mark.parametrize("make", [_corrupt_png, _corrupt_avif])
+async def test_corrupt_pixels_behind_a_valid_header_are_never_a_500(
+    client: httpx.AsyncClient, make: object
+) -> None:
+    data = make()  # type: ignore[operator]
+    created = await client.post("/v1/images", content=data, headers={"Content-Type": "image/png"})
+    assert created.status_code == 201  # the header is valid; placeholders are just null
+    assert created.json()["blurhash"] is None
+    rendered = await client.get(f"/v1/images/{created.json()['id']}/variants/32x32")
+    assert rendered.status_code == 422
+    assert rendered.json()["code"] == "unrenderable_image"
+
+
+async def test_variant_of_an_image_deleted_by_another_process_is_404(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    from imagesvc.images.models import ImageStatus
+    from imagesvc.images.repository import ImageRepository
+
+    service = app.state.images
+    image = await upload(client, photo())
+    assert (await variant(client, image["id"], "20x20")).status_code == 200  # row now cached
+    # Another process deletes it (its rows and objects); this process still caches the row.
+    async with service.sessions.begin() as session:
+        await ImageRepository(session).mark_deleting(service_owner(app), image["id"], now=utcnow())
+    await service.store.delete_prefix(service.image_prefix(image["id"]))
+    async with service.sessions.begin() as session:
+        await ImageRepository(session).remove(image["id"], ImageStatus.DELETING)
+    response = await client.get(f"/v1/images/{image['id']}/variants/30x30")
+    assert response.status_code == 404
+
+
+def service_owner(app: FastAPI) -> str:
+    from imagesvc.auth.dependencies import current_owner
+
+    owner: str = app.dependency_overrides[current_owner]()
+    return owner

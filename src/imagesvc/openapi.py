@@ -37,8 +37,32 @@ Authenticate with `Authorization: Bearer <api key>` (keys come from
 """.strip()
 
 
-def problem_response(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {PROBLEM_JSON: {"schema": PROBLEM_REF}}}
+_HEADERS = {
+    "401": {
+        "WWW-Authenticate": {
+            "description": '`Bearer realm="imagesvc"`, ...',
+            "schema": {"type": "string"},
+        }
+    },
+    "409": {
+        "Retry-After": {
+            "description": "Seconds, when the first request is in progress.",
+            "schema": {"type": "integer"},
+        }
+    },
+    "429": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+    "503": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+}
+
+
+def problem_response(description: str, status: str | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": PROBLEM_REF}},
+    }
+    if status in _HEADERS:
+        response["headers"] = _HEADERS[status]
+    return response
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -73,11 +97,11 @@ def _adjust(document: dict[str, Any]) -> None:
             for status, response in list(responses.items()):
                 if status.startswith(("4", "5")):
                     responses[status] = problem_response(
-                        response.get("description") or _ALWAYS.get(status, "Error.")
+                        response.get("description") or _ALWAYS.get(status, "Error."), status
                     )
             if path.startswith("/v1/"):
                 for status, description in _ALWAYS.items():
-                    responses.setdefault(status, problem_response(description))
+                    responses.setdefault(status, problem_response(description, status))
             if "requestBody" in operation:
                 responses.setdefault("400", problem_response("The body cannot be parsed."))
             if operation.get("operationId") in _PUBLIC_READS:

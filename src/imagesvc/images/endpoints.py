@@ -84,7 +84,15 @@ UPLOAD_BODY: dict[str, Any] = {
     ),
     openapi_extra=UPLOAD_BODY,
     responses={
-        201: {"headers": {"Location": {"schema": {"type": "string"}}}},
+        201: {
+            "headers": {
+                "Location": {"description": "The new image.", "schema": {"type": "string"}},
+                "Idempotent-Replayed": {
+                    "description": "`true` when this is the stored first response.",
+                    "schema": {"type": "string"},
+                },
+            }
+        },
         **problem_responses(400, 409, 413, 415, 422, 503),
     },
 )

@@ -62,11 +62,18 @@ async def request_conditions(
 ConditionsDep = Annotated[Conditions, Depends(request_conditions)]
 
 
+# How long a shared cache (CDN) may keep public bytes: the bound on how long a switch to
+# private or a delete can lag there, the same as for redirects to IMAGESVC_PUBLIC_BASE_URL.
+PUBLIC_MAX_AGE = 3600
+
+
 def cache_control(blob: Blob, max_age: int = ONE_YEAR) -> str:
-    """Public images may sit in shared caches (CDNs); private ones only in the client's."""
-    scope = "public" if blob.public else "private"
+    """Private bytes: only the client's own cache, for good (an id's bytes never change).
+    Public bytes may sit in shared caches, but only for an hour."""
+    if blob.public:
+        return f"public, max-age={min(max_age, PUBLIC_MAX_AGE)}"
     immutable = ", immutable" if max_age == ONE_YEAR else ""
-    return f"{scope}, max-age={max_age}{immutable}"
+    return f"private, max-age={max_age}{immutable}"
 
 
 def content_response(result: Content, *, vary_accept: bool = False) -> Response:

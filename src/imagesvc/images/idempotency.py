@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from imagesvc.db import transaction, utcnow
-from imagesvc.errors import Conflict, InvalidParameter
+from imagesvc.errors import Conflict, InvalidParameter, ServiceUnavailable
 from imagesvc.images.filenames import sanitise_filename
 from imagesvc.images.ingest import Ingest, MeasuredUpload, UploadHooks, UploadRequest
 from imagesvc.images.models import IdempotencyRecord, IdempotencyState, Image
@@ -96,42 +97,50 @@ class IdempotentUploads:
         if not _KEY.fullmatch(key):
             raise InvalidParameter("Idempotency-Key: 1 to 255 visible ASCII characters")
         owner = request.owner
-        existing = await self._claim(owner, key)
-        if existing is not None:
-            return Created(await self._replay(existing, request), replayed=True)
-
-        async def heartbeat(session: AsyncSession) -> None:
-            await session.execute(
-                update(IdempotencyRecord)
-                .where(*_this(owner, key), IdempotencyRecord.state == IdempotencyState.IN_PROGRESS)
-                .values(updated_at=utcnow())
-            )
-
-        async def ready(session: AsyncSession, image: Image) -> None:
-            await session.execute(
-                update(IdempotencyRecord)
-                .where(*_this(owner, key))
-                .values(
-                    state=IdempotencyState.DONE,
-                    fingerprint=fingerprint(image.sha256 or "", image.filename, image.visibility),
-                    response=_snapshot(image),
-                    updated_at=utcnow(),
-                )
-            )
-
+        # While in progress, the fingerprint column holds this request's claim token: only
+        # the request holding the claim may refresh, complete or release it (a request
+        # that outlived its lease and was taken over must not touch its successor's).
+        token = "claim:" + secrets.token_hex(16)
+        ours = (*_this(owner, key), IdempotencyRecord.fingerprint == token)
         try:
+            existing = await self._claim(owner, key, token)
+            if existing is not None:
+                return Created(await self._replay(existing, request), replayed=True)
+
+            async def heartbeat(session: AsyncSession) -> None:
+                await session.execute(
+                    update(IdempotencyRecord).where(*ours).values(updated_at=utcnow())
+                )
+
+            async def ready(session: AsyncSession, image: Image) -> None:
+                result = await session.execute(
+                    update(IdempotencyRecord)
+                    .where(*ours)
+                    .values(
+                        state=IdempotencyState.DONE,
+                        fingerprint=fingerprint(
+                            image.sha256 or "", image.filename, image.visibility
+                        ),
+                        response=_snapshot(image),
+                        updated_at=utcnow(),
+                    )
+                )
+                if not result.rowcount:  # type: ignore[attr-defined]
+                    # Taken over: the image must not become ready under this key.
+                    raise ServiceUnavailable("the upload took too long to commit; retry it")
+
             image = await self.ingest.create(request, UploadHooks(heartbeat, ready))
         except BaseException:
-            await asyncio.shield(self._release(owner, key))
+            await asyncio.shield(self._release(ours))
             raise
         return Created(image, replayed=False)
 
-    async def _claim(self, owner: str, key: str) -> IdempotencyRecord | None:
+    async def _claim(self, owner: str, key: str, token: str) -> IdempotencyRecord | None:
         """Claim the key (None), or return the finished record to replay."""
         for _ in range(2):
             try:
                 record: IdempotencyRecord | None = await self._tx(
-                    lambda session: self._claim_in(session, owner, key)
+                    lambda session: self._claim_in(session, owner, key, token)
                 )
                 return record
             except IntegrityError:
@@ -139,7 +148,7 @@ class IdempotentUploads:
         raise KeyInProgress()
 
     async def _claim_in(
-        self, session: AsyncSession, owner: str, key: str
+        self, session: AsyncSession, owner: str, key: str, token: str
     ) -> IdempotencyRecord | None:
         now = utcnow()
         record = await session.get(IdempotencyRecord, (owner, key))
@@ -149,6 +158,7 @@ class IdempotentUploads:
                     owner=owner,
                     key=key,
                     state=IdempotencyState.IN_PROGRESS,
+                    fingerprint=token,
                     created_at=now,
                     updated_at=now,
                 )
@@ -166,7 +176,7 @@ class IdempotentUploads:
                 .where(*_this(owner, key), IdempotencyRecord.updated_at == record.updated_at)
                 .values(
                     state=IdempotencyState.IN_PROGRESS,
-                    fingerprint=None,
+                    fingerprint=token,
                     response=None,
                     created_at=now if expired else record.created_at,
                     updated_at=now,
@@ -192,12 +202,12 @@ class IdempotentUploads:
             raise KeyReused("this Idempotency-Key was used for a different upload; use a new key")
         return _restore(record.response)
 
-    async def _release(self, owner: str, key: str) -> None:
+    async def _release(self, ours: tuple[Any, ...]) -> None:
         try:
             await self._tx(
                 lambda session: session.execute(
                     delete(IdempotencyRecord).where(
-                        *_this(owner, key), IdempotencyRecord.state == IdempotencyState.IN_PROGRESS
+                        *ours, IdempotencyRecord.state == IdempotencyState.IN_PROGRESS
                     )
                 )
             )

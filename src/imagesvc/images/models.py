@@ -92,7 +92,7 @@ class IdempotencyRecord(Base):
 
 
 class VariantStatus(StrEnum):
-    RENDERING = "rendering"  # claimed by one renderer (heart-beaten like an upload)
+    RENDERING = "rendering"  # claimed by one renderer; a claim older than the lease is taken over
     READY = "ready"
 
 

@@ -113,6 +113,12 @@ class Reconciler:
             return None
         return parts[0]
 
+    def _is_variant(self, key: str) -> bool:
+        # <root><id>/v/<name>: decided on the parsed key, never by searching it (a key
+        # prefix may itself contain "/v/").
+        parts = key.removeprefix(self.root).split("/")
+        return len(parts) == 3 and parts[1] == "v"
+
     async def run(self, *, grace: float, limit: int = 1000, dry_run: bool = False) -> GcReport:
         now = utcnow()
         store_cutoff = now - timedelta(seconds=grace)
@@ -200,7 +206,7 @@ class Reconciler:
         known = await self._tx(lambda repo: repo.states(ids))
         # A variant object is referenced only by its own variant row (each render writes a
         # fresh key); originals by their image row.
-        variant_keys = [info.key for info, _ in page if "/v/" in info.key]
+        variant_keys = [info.key for info, _ in page if self._is_variant(info.key)]
         rendered = await transaction(
             self.sessions,
             lambda s: VariantRepository(s).known_keys(variant_keys),
@@ -209,7 +215,7 @@ class Reconciler:
         orphans = [
             info.key
             for info, image_id in page
-            if image_id not in known or ("/v/" in info.key and info.key not in rendered)
+            if image_id not in known or (self._is_variant(info.key) and info.key not in rendered)
         ]
         if orphans and not report.dry_run:
             await self.store.delete_keys(orphans)

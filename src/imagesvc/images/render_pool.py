@@ -39,11 +39,15 @@ class RenderPool:
         """Like run, without the 429: for small work an upload must not fail over
         (placeholders); it still waits its turn behind the same workers."""
         self.admitted += 1
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, lambda: func(*args, **kwargs))
-        finally:
-            self.admitted -= 1
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, lambda: func(*args, **kwargs))
+        # The slot is freed when the thread is done, not when the caller stops waiting: a
+        # cancelled request's render keeps its thread busy until it finishes.
+        future.add_done_callback(self._release)
+        return await future
+
+    def _release(self, _: object) -> None:
+        self.admitted -= 1
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -247,13 +247,21 @@ class VariantRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def release(self, key: VariantKey, storage_key: str) -> None:
-        await self.session.execute(
+    async def release(self, key: VariantKey, storage_key: str) -> bool:
+        """Drop our claim; False if the row is not our claim (any more)."""
+        result = await self.session.execute(
             delete(Variant).where(
                 *key.where(),
                 Variant.status == VariantStatus.RENDERING,
                 Variant.storage_key == storage_key,
             )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def forget_ready(self, key: VariantKey, storage_key: str) -> None:
+        """A ready rendition whose object is gone: drop the row (only that exact one)."""
+        await self.session.execute(
+            delete(Variant).where(*key.where(), Variant.storage_key == storage_key)
         )
 
     async def stale(self, *, before: datetime, limit: int) -> Sequence[Variant]:

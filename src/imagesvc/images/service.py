@@ -18,7 +18,7 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from imagesvc.db import fetch_one, transaction, utcnow
-from imagesvc.errors import InvalidParameter, NotFound, ServiceUnavailable
+from imagesvc.errors import NotFound, ServiceUnavailable
 from imagesvc.images.filenames import sanitise_filename
 from imagesvc.images.idempotency import Created, IdempotentUploads
 from imagesvc.images.ingest import Ingest, UploadLimits, UploadRequest, parse_visibility
@@ -73,6 +73,7 @@ class ImageService:
         self.read_cache_seconds = read_cache_seconds
         self._readable: dict[str, tuple[Image, float]] = {}
         self._loading: dict[str, asyncio.Future[Image | None]] = {}
+        self._generation = 0  # bumped by forget(); one counter is enough (changes are rare)
         self.ingest = Ingest(
             sessions, store, limits, self.image_prefix, db_timeout, placeholders=placeholders
         )
@@ -122,8 +123,7 @@ class ImageService:
     async def update(self, *, owner: str, image_id: str, changes: dict[str, object]) -> Image:
         values: dict[str, object] = {}
         if "visibility" in changes:
-            if changes["visibility"] is None:
-                raise InvalidParameter("visibility: must be `private` or `public`, not null")
+            # JSON merge patch: null removes the member, i.e. back to the default, private.
             values["visibility"] = parse_visibility(changes["visibility"])
         if "filename" in changes:
             raw = changes["filename"]
@@ -132,6 +132,7 @@ class ImageService:
             values["updated_at"] = utcnow()
         self.forget(image_id)
         image = await self._tx(lambda repo: repo.update_fields(owner, image_id, **values))
+        self.forget(image_id)  # again: a read that began before the commit saw the old row
         if image is None:
             raise NotFound(f"no image {image_id}")
         return image
@@ -165,7 +166,7 @@ class ImageService:
             # share one query instead of each taking a pooled connection.
             loading = self._loading.get(image_id)
             if loading is None:
-                loading = asyncio.ensure_future(self._load(image_id))
+                loading = asyncio.ensure_future(self._load(image_id, self._generation))
                 self._loading[image_id] = loading
                 loading.add_done_callback(lambda _: self._loading.pop(image_id, None))
             image = await asyncio.shield(loading)
@@ -173,7 +174,7 @@ class ImageService:
             raise NotFound(f"no image {image_id}")  # another owner's: exactly like a missing one
         return image
 
-    async def _load(self, image_id: str) -> Image | None:
+    async def _load(self, image_id: str, generation: int) -> Image | None:
         started = time.monotonic()
         engine = self.sessions.kw["bind"]
         row = await fetch_one(engine, READY_BY_ID, {"image_id": image_id}, timeout=self.db_timeout)
@@ -181,14 +182,20 @@ class ImageService:
             self._readable.pop(image_id, None)
             return None
         image = Image(**row._mapping)
-        if self.read_cache_seconds > 0:
+        # A change in this process since the load began (forget()) may postdate the row
+        # we read: then do not keep it.
+        if self.read_cache_seconds > 0 and generation == self._generation:
             if len(self._readable) >= _READ_CACHE_MAX:
                 self._readable.clear()
             self._readable[image_id] = (image, started)
         return image
 
     def forget(self, image_id: str) -> None:
+        """This process changed or removed the image: drop what we know of it, and make
+        loads already in flight neither cache nor hand out their (older) result."""
         self._readable.pop(image_id, None)
+        self._loading.pop(image_id, None)
+        self._generation += 1
 
     # --- delete -----------------------------------------------------------------------------
 
@@ -196,6 +203,7 @@ class ImageService:
         self.forget(image_id)
         now = utcnow()
         image = await self._tx(lambda repo: repo.mark_deleting(owner, image_id, now=now))
+        self.forget(image_id)  # again: a read that began before the commit saw it ready
         if image is None:
             raise NotFound(f"no image {image_id}")
         # Past this point the image is gone for clients; if the store fails now the row

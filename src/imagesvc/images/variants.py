@@ -24,7 +24,13 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import IntegrityError
 
 from imagesvc.db import transaction, utcnow
-from imagesvc.errors import InvalidParameter, PayloadTooLarge, ProblemError, ServiceUnavailable
+from imagesvc.errors import (
+    InvalidParameter,
+    NotFound,
+    PayloadTooLarge,
+    ProblemError,
+    ServiceUnavailable,
+)
 from imagesvc.images.models import Image, Variant, VariantStatus, Visibility
 from imagesvc.images.render_pool import RenderPool
 from imagesvc.images.repository import VariantKey, VariantRepository
@@ -33,7 +39,7 @@ from imagesvc.images.serving import Blob, Conditions, Content, serve
 from imagesvc.imaging import render as imaging
 from imagesvc.imaging.render import Fit, OutputFormat, Placeholder, RenderError
 from imagesvc.observability.metrics import RENDER_SECONDS, RENDERS
-from imagesvc.storage.port import ObjectStore
+from imagesvc.storage.port import ObjectMissing, ObjectStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -148,7 +154,15 @@ class VariantService:
         )
 
         async def still_there() -> bool:
-            return await self._tx(lambda repo: repo.get(key)) is not None
+            self.images.forget(image.id)
+            try:
+                await self.images.viewable(viewer=viewer, image_id=image.id)
+            except NotFound:
+                return False  # deleted meanwhile: a 404
+            # The image is there but this rendition's object is not: forget the rendition,
+            # so that the next request renders it again (this one gets a 503 to retry).
+            await self._tx(lambda repo: repo.forget_ready(key, variant.storage_key))
+            return True
 
         return await serve(self.store, self.images.serve, blob, conditions, still_there=still_there)
 
@@ -207,7 +221,13 @@ class VariantService:
     async def _render(self, image: Image, key: VariantKey, storage_key: str) -> Variant:
         written = False
         try:
-            source = await read_source(self.store, image)
+            try:
+                source = await read_source(self.store, image)
+            except ObjectMissing:
+                # The image was deleted since we read its row (elsewhere, or by gc).
+                self.images.forget(image.id)
+                await self.images.viewable(viewer=image.owner, image_id=image.id)  # 404 now
+                raise ServiceUnavailable("the image's bytes are unavailable; retry") from None
             started = time.perf_counter()
             try:
                 rendered = await self.pool.run(
@@ -246,14 +266,24 @@ class VariantService:
         except BaseException:
             await asyncio.shield(self._release(key, storage_key, written))
             raise
-        row = await self._tx(lambda repo: repo.get(key))
-        assert row is not None
-        return row
+        return Variant(
+            image_id=key.image_id,
+            box_width=key.box_width,
+            box_height=key.box_height,
+            fit=key.fit,
+            format=key.format,
+            status=VariantStatus.READY,
+            storage_key=storage_key,
+            created_at=facts["updated_at"],
+            **facts,
+        )
 
     async def _release(self, key: VariantKey, storage_key: str, written: bool) -> None:
+        """Undo a failed render: our claim goes, and only then our object. If the failure
+        hid a commit that did happen, the row is `ready` and the object must stay."""
         try:
-            await self._tx(lambda repo: repo.release(key, storage_key))
-            if written:
+            released = await self._tx(lambda repo: repo.release(key, storage_key))
+            if written and released:
                 await self.store.delete_keys([storage_key])
         except Exception:
             log.warning("could not clean up a failed render; gc will", exc_info=True)
@@ -285,8 +315,8 @@ def placeholder_maker(
             if source is None:
                 source = await read_source(store, image)
             return await pool.run_always(imaging.placeholder, source)
-        except (RenderError, ProblemError):
-            log.info("no placeholder for %s", image.id)
+        except Exception:  # a placeholder is a nicety: it must never fail the upload
+            log.info("no placeholder for %s", image.id, exc_info=True)
             return None
 
     return make

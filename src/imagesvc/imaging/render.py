@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import io
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -88,7 +90,8 @@ def target_size(source: tuple[int, int], box: tuple[int, int], fit: Fit) -> tupl
 
 
 def render(source: bytes, box: tuple[int, int], fit: Fit, output: OutputFormat) -> Rendered:
-    with _open(source) as image:
+    with _decoding(), Image.open(io.BytesIO(source)) as image:
+        image.seek(0)  # animated: the first frame
         oriented = _oriented_size(image)
         width, height = target_size(oriented, box, fit)
         # JPEG: let libjpeg decode at 1/2, 1/4 or 1/8 scale, still at least the target size
@@ -98,13 +101,15 @@ def render(source: bytes, box: tuple[int, int], fit: Fit, output: OutputFormat) 
         if image.size != oriented:
             need = (need[1], need[0])
         image.draft("RGB", need)
-        picture, icc = _prepared(image, keep_alpha=output is not OutputFormat.JPEG)
+        picture, icc = _prepared(image)
         if fit is Fit.COVER:
             picture = ImageOps.fit(picture, (width, height), Image.Resampling.LANCZOS)
         else:
             picture = picture.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
-        # Colour conversion after the resize: the same result on a fraction of the pixels.
+        # Colour work after the resize: the same result on a fraction of the pixels.
         picture = _to_srgb(picture, icc)
+        if output is OutputFormat.JPEG:
+            picture = _on_white(picture)
         buffer = io.BytesIO()
         picture.save(buffer, icc_profile=SRGB_ICC, **_SAVE_OPTIONS[output])  # type: ignore[arg-type]
     return Rendered(buffer.getvalue(), CONTENT_TYPES[output], width, height)
@@ -112,59 +117,74 @@ def render(source: bytes, box: tuple[int, int], fit: Fit, output: OutputFormat) 
 
 def placeholder(source: bytes) -> Placeholder:
     """Blurhash (4x3 components) and dominant colour, from a draft decode (JPEG decodes
-    at 1/8 scale) shrunk to 32 pixels: a few milliseconds, whatever the image size."""
-    with _open(source) as image:
+    at 1/8 scale) shrunk to 32 pixels before anything else is done to it."""
+    with _decoding(), Image.open(io.BytesIO(source)) as image:
+        image.seek(0)
         image.draft("RGB", (64, 64))
-        small, icc = _prepared(image, keep_alpha=False)
+        image.thumbnail((64, 64), Image.Resampling.BOX)  # in place, before any copy
+        small, icc = _prepared(image)
         small.thumbnail((32, 32), Image.Resampling.BILINEAR)
-        small = _to_srgb(small, icc)
-    # 4x3 components need no more than ~20 pixels a side: ~1 ms in pure Python.
-    tiny = small.resize((20, max(1, round(20 * small.height / small.width))), Image.Resampling.BOX)
-    rows = [[tiny.getpixel((x, y)) for x in range(tiny.width)] for y in range(tiny.height)]
-    hashed = blurhash.encode(rows, components_x=4, components_y=3)
-    return Placeholder(blurhash=hashed, dominant_color=_dominant(small))
+        small = _on_white(_to_srgb(small, icc))
+        # 4x3 components need no more than ~20 pixels a side: ~1 ms in pure Python.
+        tiny = small.resize(
+            (20, max(1, round(20 * small.height / small.width))), Image.Resampling.BOX
+        )
+        rows = [[tiny.getpixel((x, y)) for x in range(tiny.width)] for y in range(tiny.height)]
+        hashed = blurhash.encode(rows, components_x=4, components_y=3)
+        return Placeholder(blurhash=hashed, dominant_color=_dominant(small))
 
 
-def _open(source: bytes) -> Image.Image:
+@contextmanager
+def _decoding() -> Iterator[None]:
+    """Whatever a decoder raises on bytes that passed the header probe (libavif raises
+    RuntimeError, zlib errors surface as OSError or ValueError) means the same thing:
+    these bytes cannot be rendered. Never a 500."""
     try:
-        image = Image.open(io.BytesIO(source))
-        image.seek(0)  # animated: the first frame
+        yield
+    except RenderError:
+        raise
     except Image.DecompressionBombError as exc:
         raise RenderError("the image is larger than the pixel limit") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:
         raise RenderError("the stored image cannot be decoded") from exc
-    return image
 
 
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    orientation = image.getexif().get(0x0112, 1)
+    if image.format == "PNG":
+        # getexif() on a PNG decodes the whole image to look for a trailing eXIf chunk;
+        # an eXIf chunk before the pixels is in `info` already (and transposing after the
+        # decode still applies a trailing one).
+        raw = image.info.get("exif")
+        exif = Image.Exif()
+        if raw:
+            exif.load(raw)
+    else:
+        exif = image.getexif()
+    orientation = exif.get(0x0112, 1)
     return (image.height, image.width) if orientation in _TRANSPOSED else image.size
 
 
-def _prepared(image: Image.Image, *, keep_alpha: bool) -> tuple[Image.Image, bytes | None]:
-    """Decoded, oriented, in RGB(A), with no metadata attached; and the source's ICC
+def _prepared(image: Image.Image) -> tuple[Image.Image, bytes | None]:
+    """Decoded, oriented, in RGB or RGBA, with no metadata attached; and the source's ICC
     profile, for `_to_srgb` once the picture is small."""
-    try:
-        image.load()
-        ImageOps.exif_transpose(image, in_place=True)  # no copy of a full-size image
-    except Image.DecompressionBombError as exc:
-        raise RenderError("the image is larger than the pixel limit") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise RenderError("the stored image cannot be decoded") from exc
+    image.load()
+    ImageOps.exif_transpose(image, in_place=True)  # no copy of a full-size image
     icc = image.info.get("icc_profile")
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (
         image.mode == "P" and "transparency" in image.info
     )
-    mode = "RGBA" if has_alpha and keep_alpha else "RGB"
-    picture = image
-    if has_alpha and not keep_alpha:
-        # JPEG has no alpha: composite onto white, as browsers show transparent images.
-        backdrop = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        picture = Image.alpha_composite(backdrop, image.convert("RGBA"))
-    if picture.mode != mode:
-        picture = picture.convert(mode)
+    mode = "RGBA" if has_alpha else "RGB"
+    picture = image if image.mode == mode else image.convert(mode)
     picture.info = {}  # nothing of the source's metadata travels on
     return picture, icc if isinstance(icc, bytes) else None
+
+
+def _on_white(picture: Image.Image) -> Image.Image:
+    """JPEG has no alpha: composite onto white, as browsers show transparent images."""
+    if picture.mode != "RGBA":
+        return picture
+    backdrop = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+    return Image.alpha_composite(backdrop, picture).convert("RGB")
 
 
 def _to_srgb(picture: Image.Image, icc: bytes | None) -> Image.Image:
