@@ -69,6 +69,7 @@ def build_store(settings: Settings) -> LocalObjectStore | S3ObjectStore:
             secret_access_key=settings.s3_secret_access_key,
             addressing_style=settings.s3_addressing_style,
             part_size=settings.s3_part_size,
+            upload_concurrency=settings.s3_upload_concurrency,
             connect_timeout=settings.s3_connect_timeout,
             read_timeout=settings.s3_read_timeout,
         )

@@ -55,6 +55,7 @@ class S3Options:
     secret_access_key: str | None = None
     addressing_style: str = "auto"
     part_size: int = 8 * 1024 * 1024
+    upload_concurrency: int = 1
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_pool_connections: int = 64
@@ -142,7 +143,14 @@ class S3ObjectStore:
         return True
 
     async def open_write(self, key: str, *, content_type: str) -> S3Writer:
-        return S3Writer(self.client, self.bucket, key, content_type, self.options.part_size)
+        return S3Writer(
+            self.client,
+            self.bucket,
+            key,
+            content_type,
+            self.options.part_size,
+            concurrency=self.options.upload_concurrency,
+        )
 
     async def open_read(self, key: str, byte_range: ByteRange | None = None) -> ObjectStream:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
@@ -281,13 +289,21 @@ class S3ObjectStore:
 
 class S3Writer:
     """Streams one object: a single PutObject when it fits in one part, else a multipart
-    upload with one part filling while at most one part is in flight (memory: about two
-    parts per upload).
+    upload with one part filling while at most `concurrency` parts are in flight (memory:
+    about concurrency + 1 parts per upload).
     """
 
     def __init__(
-        self, client: S3Client, bucket: str, key: str, content_type: str, part_size: int
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        content_type: str,
+        part_size: int,
+        *,
+        concurrency: int = 2,
     ) -> None:
+        self._concurrency = concurrency
         self._client = client
         self._bucket = bucket
         self._key = key
@@ -298,7 +314,7 @@ class S3Writer:
         self._pending_size = 0
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
-        self._in_flight: asyncio.Task[None] | None = None
+        self._in_flight: list[asyncio.Task[None]] = []
         self._creating: asyncio.Future[None] | None = None
         self._finished = False
 
@@ -324,10 +340,12 @@ class S3Writer:
             # upload; the task records its id anyway, and abort() waits for it.
             self._creating = asyncio.ensure_future(self._create_upload())
             await asyncio.shield(self._creating)
-        await self._wait_in_flight()
+        while len(self._in_flight) >= self._concurrency:
+            # The oldest part first: its failure surfaces here, before more are sent.
+            await self._in_flight.pop(0)
         number = len(self._parts) + 1
         self._parts.append({"PartNumber": number})
-        self._in_flight = asyncio.create_task(self._upload_part(number, part))
+        self._in_flight.append(asyncio.create_task(self._upload_part(number, part)))
 
     async def _create_upload(self) -> None:
         created = await _call(
@@ -353,9 +371,8 @@ class S3Writer:
         self._parts[number - 1]["ETag"] = response["ETag"]
 
     async def _wait_in_flight(self) -> None:
-        if self._in_flight is not None:
-            task, self._in_flight = self._in_flight, None
-            await task
+        while self._in_flight:
+            await self._in_flight.pop(0)
 
     async def complete(self) -> int | None:
         confirmed: int | None = None
@@ -389,10 +406,10 @@ class S3Writer:
             return
         self._finished = True
         self._pending, self._pending_size = [], 0
-        if self._in_flight is not None:
-            self._in_flight.cancel()
-            await asyncio.gather(self._in_flight, return_exceptions=True)
-            self._in_flight = None
+        tasks, self._in_flight = self._in_flight, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._creating is not None:
             await asyncio.gather(self._creating, return_exceptions=True)
         if self._upload_id is not None:
