@@ -87,8 +87,17 @@ def install_openapi(app: FastAPI) -> None:
     app.openapi = build  # type: ignore[method-assign]
 
 
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An API key from `imagesvc keys create --owner NAME`: `Bearer isk_...`.",
+}
+
+
 def _adjust(document: dict[str, Any]) -> None:
-    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    components = document.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["ApiKey"] = BEARER
+    schemas = components.setdefault("schemas", {})
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     for path, operations in document["paths"].items():
@@ -100,6 +109,7 @@ def _adjust(document: dict[str, Any]) -> None:
                         response.get("description") or _ALWAYS.get(status, "Error."), status
                     )
             if path.startswith("/v1/"):
+                operation["security"] = [{"ApiKey": []}]
                 for status, description in _ALWAYS.items():
                     responses.setdefault(status, problem_response(description, status))
             if "requestBody" in operation:

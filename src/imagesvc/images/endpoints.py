@@ -11,6 +11,7 @@ from imagesvc.errors import problem_responses
 from imagesvc.images.cursor import decode_cursor, encode_cursor
 from imagesvc.images.http_content import (
     BINARY,
+    CONDITION_HEADERS,
     CONTENT_RESPONSES,
     ConditionsDep,
     content_response,
@@ -192,6 +193,7 @@ async def update_image(
     ),
     response_class=Response,
     responses={**CONTENT_RESPONSES, **problem_responses(401, 404, 416, 429, 503)},
+    openapi_extra={"parameters": CONDITION_HEADERS},
 )
 async def get_image_content(
     image_id: ImageId, service: ServiceDep, viewer: ViewerDep, conditions: ConditionsDep
@@ -221,6 +223,7 @@ VariantFormat = Literal["auto", "jpeg", "png", "webp", "avif"]
     ),
     response_class=Response,
     responses={**CONTENT_RESPONSES, **problem_responses(401, 404, 413, 416, 422, 429, 503)},
+    openapi_extra={"parameters": CONDITION_HEADERS},
 )
 async def get_image_variant(
     image_id: ImageId,
