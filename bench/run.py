@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -44,6 +43,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from variants import PeakRss  # noqa: E402  (bench/, the script's own directory)
 
 from tests.services import (  # noqa: E402
     S3_ACCESS_KEY,
@@ -192,19 +193,6 @@ async def upload_direct(endpoint: str, payload: bytes) -> float:
     return elapsed
 
 
-class RssSampler(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
-        self.baseline = self.process.memory_info().rss
-        self.peak = self.baseline
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.01):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-
 def big_uploads(report: Report, env: dict[str, str], endpoint: str, work: Path) -> None:
     server, url = start_imagesvc(work, env)
     auth = f"Bearer {create_key(env, 'bench')}"
@@ -232,7 +220,7 @@ def big_uploads(report: Report, env: dict[str, str], endpoint: str, work: Path) 
             "upload throughput vs direct aioboto3", f"{ratio:.2f}x", "≥ 0.85x", ratio >= 0.85
         )
 
-        sampler = RssSampler(server.pid)
+        sampler = PeakRss(server.pid)
         sampler.start()
         asyncio.run(upload_through_service(url, auth, head, block, 400))
         sampler.stop.set()

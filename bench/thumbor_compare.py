@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-import psutil
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
@@ -194,22 +193,6 @@ def server(
         stop(process)
 
 
-class ProcessPeakRss(threading.Thread):
-    """Samples another process's RSS every 5 ms (as variants.PeakRss does for its own)."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
-        self.baseline = self.process.memory_info().rss
-        self.peak = self.baseline
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.005):
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self.process.memory_info().rss)
-
-
 @dataclass
 class Load:
     rate: float
@@ -244,7 +227,7 @@ def drive(
 ) -> Load:
     """Like variants.measure: baseline RSS, two warm-up requests, then `clients` keep-alive
     connections requesting back to back until the deadline."""
-    sampler = ProcessPeakRss(pid)
+    sampler = variants.PeakRss(pid)
     sampler.start()
     conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=300) for _ in range(clients)]
     done = [0] * clients

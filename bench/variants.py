@@ -11,6 +11,7 @@ Each case runs in a fresh process so that peak RSS belongs to that case alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -75,19 +76,21 @@ def measure(func: Callable[[], object], seconds: float, threads: int) -> float:
 
 
 class PeakRss(threading.Thread):
-    """Samples this process's RSS every 5 ms (ru_maxrss misses short-lived peaks that
-    were allocated and freed before, and counts import-time peaks)."""
+    """Samples a process's RSS (this one by default) every 5 ms: ru_maxrss misses
+    short-lived peaks allocated and freed between reads, and counts import-time peaks.
+    The other benchmarks use it too."""
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int | None = None) -> None:
         super().__init__(daemon=True)
-        self.process = psutil.Process()
+        self.process = psutil.Process(pid)
         self.baseline = self.process.memory_info().rss
         self.peak = self.baseline
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(0.005):
-            self.peak = max(self.peak, self.process.memory_info().rss)
+            with contextlib.suppress(psutil.Error):  # the process may exit first
+                self.peak = max(self.peak, self.process.memory_info().rss)
 
 
 def worker(kind: str, case: str, threads: int, seconds: float, path: str) -> None:
