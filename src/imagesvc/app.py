@@ -23,6 +23,7 @@ from imagesvc.config import MIB, Settings, load_settings
 from imagesvc.db import create_engine, create_sessionmaker
 from imagesvc.errors import install_problem_handlers, problem_response
 from imagesvc.images.endpoints import router as images_router
+from imagesvc.images.hot_reads import HotReads
 from imagesvc.images.ingest import UploadLimits
 from imagesvc.images.reconcile import Reconciler
 from imagesvc.images.render_pool import RenderPool
@@ -212,6 +213,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Upload, serve, list and delete images: bytes in S3, facts in SQL.",
         lifespan=lifespan,
     )
+    # Middleware added last runs first: the request context wraps the hot reads.
+    app.add_middleware(HotReads)
     app.add_middleware(RequestContextMiddleware)
     install_problem_handlers(app)
     install_openapi(app)

@@ -25,9 +25,18 @@ _SECRETS = re.compile(
 )
 
 
+# Every secret the pattern knows contains one of these; checking for them first keeps the
+# regular expression off the (many) values that cannot match.
+_SECRET_MARKERS = ("isk_", "X-Amz-", "://")
+
+
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
-        if isinstance(value, str) and _SECRETS.search(value):
+        if (
+            isinstance(value, str)
+            and any(marker in value for marker in _SECRET_MARKERS)
+            and _SECRETS.search(value)
+        ):
             event[key] = _SECRETS.sub("[redacted]", value)
     return event
 
@@ -35,6 +44,11 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 def drop_color(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event.pop("color_message", None)  # uvicorn's ANSI-coloured copy of the message
     return event
+
+
+# The request line (observability.middleware): until configure_logging runs (an app built
+# in-process, as the tests do), it goes through the standard library like everything else.
+request_log: Any = structlog.get_logger(REQUEST_LOGGER := "imagesvc.request")
 
 
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:
@@ -81,3 +95,29 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     logging.getLogger("uvicorn.access").disabled = True
     for noisy in ("botocore", "aiobotocore", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _direct_request_log(renderer, level)
+
+
+def _direct_request_log(renderer: Any, level: int) -> None:
+    """Every request writes one line, so that line skips the standard library (LogRecord,
+    handler lock, formatter): rendered by structlog straight to stderr, in the same format
+    and with the same fields and redaction as every other line. Measured on a cached
+    redirect: the stdlib route cost a third of the request's CPU, this about a tenth of it."""
+    global request_log
+
+    def name(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event["logger"] = REQUEST_LOGGER
+        return event
+
+    request_log = structlog.wrap_logger(
+        structlog.WriteLogger(sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        cache_logger_on_first_use=True,
+    )

@@ -10,9 +10,9 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imagesvc.observability import logs
 from imagesvc.observability.metrics import LATENCY, REQUESTS
 
-log = structlog.get_logger("imagesvc.request")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -58,8 +58,9 @@ class RequestContextMiddleware:
                 REQUESTS.labels(scope["method"], route, str(status)).inc()
                 LATENCY.labels(scope["method"], route).observe(duration)
                 # No query string and no headers: nothing secret can ride along.
-                log.info(
+                logs.request_log.info(
                     "request",
+                    request_id=request_id,
                     method=scope["method"],
                     route=route,
                     path=scope["path"],
