@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 # Anything that looks like one of our keys, a presigned query, or a password in a URL.
@@ -25,16 +26,13 @@ _SECRETS = re.compile(
 )
 
 
-# Every secret the pattern knows contains one of these; checking for them first keeps the
-# regular expression off the (many) values that cannot match.
-_SECRET_MARKERS = ("isk_", "X-Amz-", "://")
-
-
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # Every secret the pattern knows contains one of these markers: checking for them first
+    # keeps the regular expression off the (many) values that cannot match.
     for key, value in event.items():
         if (
             isinstance(value, str)
-            and any(marker in value for marker in _SECRET_MARKERS)
+            and ("isk_" in value or "X-Amz-" in value or "://" in value)
             and _SECRETS.search(value)
         ):
             event[key] = _SECRETS.sub("[redacted]", value)
@@ -46,9 +44,17 @@ def drop_color(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMappi
     return event
 
 
-# The request line (observability.middleware): until configure_logging runs (an app built
+# The request line (observability.middleware). Until configure_logging runs (an app built
 # in-process, as the tests do), it goes through the standard library like everything else.
-request_log: Any = structlog.get_logger(REQUEST_LOGGER := "imagesvc.request")
+REQUEST_LOGGER = "imagesvc.request"
+_stdlib_request_log = structlog.get_logger(REQUEST_LOGGER)
+
+
+def _through_stdlib(fields: dict[str, Any]) -> None:
+    _stdlib_request_log.info("request", **fields)
+
+
+log_request: Callable[[dict[str, Any]], None] = _through_stdlib
 
 
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:
@@ -100,24 +106,30 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
 
 def _direct_request_log(renderer: Any, level: int) -> None:
     """Every request writes one line, so that line skips the standard library (LogRecord,
-    handler lock, formatter): rendered by structlog straight to stderr, in the same format
-    and with the same fields and redaction as every other line. Measured on a cached
-    redirect: the stdlib route cost a third of the request's CPU, this about a tenth of it."""
-    global request_log
+    handler lock, formatter) and structlog's bound-logger machinery: the same fields,
+    redaction, timestamp and renderer, written straight to stderr. Measured on a cached
+    redirect: the stdlib route cost a third of the request's CPU."""
+    global log_request
+    stream = sys.stderr
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
-    def name(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        event["logger"] = REQUEST_LOGGER
-        return event
-
-    request_log = structlog.wrap_logger(
-        structlog.WriteLogger(sys.stderr),
-        processors=[
-            structlog.processors.add_log_level,
-            name,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        cache_logger_on_first_use=True,
+    # orjson renders the same JSON (without the spaces) in a tenth of json.dumps' time.
+    render = (
+        (lambda event: orjson.dumps(event).decode())
+        if isinstance(renderer, structlog.processors.JSONRenderer)
+        else (lambda event: renderer(None, "info", event))
     )
+
+    def direct(fields: dict[str, Any]) -> None:
+        event: dict[str, Any] = {"event": "request", **fields}
+        event["level"] = "info"
+        event["logger"] = REQUEST_LOGGER
+        stamp(None, "info", event)
+        redact(None, "info", event)
+        stream.write(render(event) + "\n")
+        stream.flush()
+
+    def silent(fields: dict[str, Any]) -> None:
+        pass
+
+    log_request = direct if level <= logging.INFO else silent
