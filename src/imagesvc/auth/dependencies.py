@@ -11,28 +11,45 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.types import Scope
 
 from imagesvc.auth.keys import KeyService
 from imagesvc.auth.ratelimit import RateLimiter
 
 
-async def current_owner(request: Request) -> str:
-    """The caller's owner, from a valid API key; 401 otherwise."""
-    keys: KeyService = request.app.state.keys
-    principal = await keys.authenticate(request.headers.get("authorization"))
-    limiter: RateLimiter | None = request.app.state.rate_limiter
+def _authorization(scope: Scope) -> str | None:
+    # One pass over the raw headers (ASGI names are lower-case bytes): cheaper than
+    # building Starlette's Headers view for the one header we need.
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
+
+
+async def _owner_of(scope: Scope, authorization: str | None) -> str:
+    state = scope["app"].state
+    keys: KeyService = state.keys
+    principal = await keys.authenticate(authorization)
+    limiter: RateLimiter | None = state.rate_limiter
     if limiter is not None:
         limiter.check(principal.key_id)
-    request.state.owner = principal.owner
+    scope.setdefault("state", {})["owner"] = principal.owner  # for the request log line
     return principal.owner
+
+
+async def current_owner(request: Request) -> str:
+    """The caller's owner, from a valid API key; 401 otherwise."""
+    return await _owner_of(request.scope, _authorization(request.scope))
 
 
 async def optional_owner(request: Request) -> str | None:
     """For reads that public images allow without a key: None when no key is sent. A key
     that is sent must be valid (a bad key is a 401, not silently anonymous)."""
-    if "authorization" not in request.headers:
+    authorization = _authorization(request.scope)
+    if authorization is None:
         return None
-    return await current_owner(request)
+    return await _owner_of(request.scope, authorization)
 
 
 OwnerDep = Annotated[str, Depends(current_owner)]

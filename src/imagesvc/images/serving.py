@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from imagesvc.errors import NotFound, RangeNotSatisfiable, ServiceUnavailable
 from imagesvc.storage.port import ByteRange, ObjectMissing, ObjectStore, ObjectStream
 
 log = logging.getLogger(__name__)
+# What a redirect's Location may carry unencoded (Starlette's RedirectResponse uses the same).
+_URL_SAFE = ":/%#?=@[]!$&'()*+,;"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +132,9 @@ async def _redirect(store: ObjectStore, options: ServeOptions, blob: Blob) -> Re
     if blob.public and options.public_base_url:
         # The CDN URL of a key never changes; an hour bounds how long a redirect outlives
         # a switch back to private in shared caches.
-        return Redirect(f"{options.public_base_url}/{blob.storage_key}", blob, 3600)
-    signed = await store.signed_url(blob.storage_key, ttl=options.signed_url_ttl)
+        url = quote(f"{options.public_base_url}/{blob.storage_key}", safe=_URL_SAFE)
+        return Redirect(url, blob, 3600)
+    signed = await store.signed_url(blob.storage_key, ttl=options.signed_url_ttl)  # encoded
     if signed is None:
         return None
     # Reusable only while the signed URL is comfortably valid.
