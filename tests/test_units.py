@@ -144,3 +144,15 @@ def test_blurhash_matches_the_reference_encoder(seed: int) -> None:
     components = rnd.randint(1, 9), rnd.randint(1, 9)
     expected = reference.encode(rows, components_x=components[0], components_y=components[1])
     assert encode(data, width, height, *components) == expected
+
+
+def test_request_line_timestamp_has_structlogs_format() -> None:
+    import re
+    from datetime import UTC, datetime
+
+    from imagesvc.observability.logs import _utc_timestamp
+
+    stamp = _utc_timestamp()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - parsed).total_seconds()) < 5

@@ -1,0 +1,146 @@
+"""The hot reads (images/hot_reads.py) answer exactly as FastAPI's routes do.
+
+Every request below is sent twice on the same app: once through the hot path, and once
+through FastAPI's router and dependency solver (forced by setting identity dependency
+overrides, which the hot path leaves to FastAPI). Status, body and the headers a client
+acts on must be the same, for successes and for every error, on every backend.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from imagesvc.auth.dependencies import current_owner, optional_owner
+from imagesvc.images.serving import ServeOptions
+from tests.images import jpeg
+
+# Headers that differ per response by design.
+_VOLATILE = {"x-request-id", "date", "server"}
+
+
+@pytest.fixture
+async def raw(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    assert not app.dependency_overrides
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://imagesvc.test") as c:
+        yield c
+
+
+def _max_age(cache_control: str) -> int:
+    return int(cache_control.split("max-age=")[1].split(",")[0])
+
+
+async def both_ways(
+    app: FastAPI, client: httpx.AsyncClient, path: str, headers: dict[str, str]
+) -> tuple[httpx.Response, httpx.Response]:
+    hot = await client.get(path, headers=headers)
+    app.dependency_overrides[current_owner] = current_owner
+    app.dependency_overrides[optional_owner] = optional_owner
+    try:
+        framework = await client.get(path, headers=headers)
+    finally:
+        app.dependency_overrides.clear()
+    return hot, framework
+
+
+def assert_same(hot: httpx.Response, framework: httpx.Response) -> None:
+    assert hot.status_code == framework.status_code, (hot.text, framework.text)
+    hot_headers = {k: v for k, v in hot.headers.items() if k not in _VOLATILE}
+    framework_headers = {k: v for k, v in framework.headers.items() if k not in _VOLATILE}
+    if hot.status_code == 302:  # a redirect may be cached for what is left of its signature
+        hot_age = _max_age(hot_headers.pop("cache-control"))
+        assert 0 <= hot_age - _max_age(framework_headers.pop("cache-control")) <= 1
+    assert hot_headers == framework_headers
+    if hot.headers.get("content-type", "").endswith("json"):
+        hot_body, framework_body = hot.json(), framework.json()
+        if hot.headers["content-type"] == "application/problem+json":  # each has its own id
+            assert hot_body.pop("request_id") == hot.headers["x-request-id"]
+            assert framework_body.pop("request_id") == framework.headers["x-request-id"]
+        assert hot_body == framework_body
+    else:
+        assert hot.content == framework.content
+
+
+async def test_hot_reads_answer_like_the_framework(app: FastAPI, raw: httpx.AsyncClient) -> None:
+    alice = await app.state.keys.create(f"alice-{uuid.uuid4().hex[:8]}")
+    bob = await app.state.keys.create(f"bob-{uuid.uuid4().hex[:8]}")
+    as_alice = {"Authorization": f"Bearer {alice.key}"}
+    as_bob = {"Authorization": f"Bearer {bob.key}"}
+    data = jpeg((64, 48))
+
+    async def upload(**params: str) -> str:
+        created = await raw.post(
+            "/v1/images",
+            content=data,
+            params=params,
+            headers={**as_alice, "Content-Type": "image/jpeg"},
+        )
+        assert created.status_code == 201, created.text
+        image_id: str = created.json()["id"]
+        return image_id
+
+    private, public = await upload(), await upload(visibility="public")
+    missing = "img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S"
+    cases: list[tuple[str, dict[str, str], int]] = [
+        (f"/v1/images/{private}", as_alice, 200),
+        (f"/v1/images/{private}", as_bob, 404),  # another owner's: like a missing one
+        (f"/v1/images/{private}", {}, 401),
+        (f"/v1/images/{private}", {"Authorization": "Bearer isk_nope"}, 401),
+        (f"/v1/images/{public}", {}, 401),  # metadata always needs the owner's key
+        (f"/v1/images/{missing}", as_alice, 404),
+        (f"/v1/images/{private}/content", as_alice, -1),  # 302 (S3) or 200 (local)
+        (f"/v1/images/{private}/content", as_bob, 404),
+        (f"/v1/images/{private}/content", {}, 404),
+        (f"/v1/images/{private}/content", {"Authorization": "Basic eDp5"}, 401),
+        (f"/v1/images/{public}/content", {}, -1),
+        (f"/v1/images/{missing}/content", as_alice, 404),
+        ("/v1/images/" + "x" * 65, as_alice, 422),  # longer than an id may be: FastAPI's
+    ]
+    for path, headers, status in cases:
+        hot, framework = await both_ways(app, raw, path, headers)
+        assert_same(hot, framework)
+        if status == -1:
+            assert hot.status_code in (200, 302)
+        else:
+            assert hot.status_code == status, (path, hot.text)
+    metadata = (await raw.get(f"/v1/images/{private}", headers=as_alice)).json()
+    assert metadata["id"] == private
+    assert metadata["byte_size"] == len(data)
+
+
+async def test_hot_content_honours_conditions_in_proxy_mode(
+    app: FastAPI, raw: httpx.AsyncClient
+) -> None:
+    key = await app.state.keys.create(f"carol-{uuid.uuid4().hex[:8]}")
+    auth = {"Authorization": f"Bearer {key.key}"}
+    data = jpeg((80, 60))
+    created = await raw.post(
+        "/v1/images", content=data, headers={**auth, "Content-Type": "image/jpeg"}
+    )
+    image_id, etag = created.json()["id"], None
+    service = app.state.images
+    saved = service.serve
+    service.serve = ServeOptions(redirect=False, signed_url_ttl=saved.signed_url_ttl)
+    try:
+        path = f"/v1/images/{image_id}/content"
+        hot, framework = await both_ways(app, raw, path, auth)
+        assert_same(hot, framework)
+        assert hot.content == data
+        etag = hot.headers["etag"]
+        for headers, status in [
+            ({"If-None-Match": etag}, 304),
+            ({"Range": "bytes=0-9"}, 206),
+            ({"Range": "bytes=-5"}, 206),
+            ({"Range": f"bytes={len(data)}-"}, 416),
+            ({"Range": "bytes=0-9", "If-Range": '"stale"'}, 200),
+        ]:
+            hot, framework = await both_ways(app, raw, path, {**auth, **headers})
+            assert_same(hot, framework)
+            assert hot.status_code == status, (headers, hot.text)
+    finally:
+        service.serve = saved
