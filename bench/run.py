@@ -383,8 +383,7 @@ def request_paths(
         results["imagesvc metadata"] = wrk(
             wrk_bin, f"{url}/v1/images/{image_id}", connections=64, seconds=seconds, headers=headers
         )
-        small = jpeg((520, 390), quality=95)[: 200 * 1024]
-        small = jpeg((560, 420), quality=96) if len(small) < 150_000 else small
+        small = jpeg((700, 525), quality=96)  # a real ~200 KB JPEG (the size)
         script = multipart_script(work / "imagesvc-upload.lua", small, auth)
         results["imagesvc small upload"] = wrk(
             wrk_bin, f"{url}/v1/images", connections=16, seconds=seconds, script=script
