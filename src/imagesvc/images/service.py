@@ -39,6 +39,18 @@ class Page:
     last_id: str | None  # set when another page may follow
 
 
+@dataclass(frozen=True, slots=True)
+class _Readable:
+    """A ready row as the read paths use it, built once per load: plain attributes, since
+    ORM-instrumented ones cost a descriptor call each on every cached read."""
+
+    image: Image
+    blob: Blob
+    owner: str
+    public: bool
+    loaded: float  # time.monotonic() when the query started
+
+
 def blob_of(image: Image) -> Blob:
     assert image.sha256 is not None
     assert image.byte_size is not None
@@ -71,8 +83,8 @@ class ImageService:
         self.key_prefix = key_prefix
         self.db_timeout = db_timeout
         self.read_cache_seconds = read_cache_seconds
-        self._readable: dict[str, tuple[Image, float]] = {}
-        self._loading: dict[str, asyncio.Future[Image | None]] = {}
+        self._readable: dict[str, _Readable] = {}
+        self._loading: dict[str, asyncio.Future[_Readable | None]] = {}
         self._generation = 0  # bumped by forget(); one counter is enough (changes are rare)
         self.ingest = Ingest(
             sessions, store, limits, self.image_prefix, db_timeout, placeholders=placeholders
@@ -142,26 +154,26 @@ class ImageService:
     ) -> Content:
         """The bytes for `viewer` (an owner, or None without a key): their own images,
         and anyone's public ones."""
-        image = await self.viewable(viewer=viewer, image_id=image_id)
+        readable = await self._viewable(viewer, image_id)
 
         async def still_there() -> bool:
             self.forget(image_id)  # the object is gone: do not trust the cached row
             return await self._tx(lambda repo: repo.get_viewable(image_id, viewer)) is not None
 
         return await serve(
-            self.store, self.serve, blob_of(image), conditions, still_there=still_there
+            self.store, self.serve, readable.blob, conditions, still_there=still_there
         )
 
     async def viewable(self, *, viewer: str | None, image_id: str) -> Image:
-        """A ready image `viewer` may fetch: their own, or anyone's public one.
+        """A ready image `viewer` may fetch: their own, or anyone's public one."""
+        return (await self._viewable(viewer, image_id)).image
 
-        Serving bytes is the hot path, so the row is read with one prepared Core statement
+    async def _viewable(self, viewer: str | None, image_id: str) -> _Readable:
+        """Serving bytes is the hot path, so the row is read with one prepared Core statement
         and kept for `read_cache_seconds` (default 1 s) in this process; this process's own
         changes and deletes drop it at once, other processes' within that bound."""
-        cached = self._readable.get(image_id)
-        if cached is not None and time.monotonic() - cached[1] < self.read_cache_seconds:
-            image: Image | None = cached[0]
-        else:
+        readable = self._readable.get(image_id)
+        if readable is None or time.monotonic() - readable.loaded >= self.read_cache_seconds:
             # Single flight: when a hot entry expires, the requests that find it expired
             # share one query instead of each taking a pooled connection.
             loading = self._loading.get(image_id)
@@ -169,12 +181,12 @@ class ImageService:
                 loading = asyncio.ensure_future(self._load(image_id, self._generation))
                 self._loading[image_id] = loading
                 loading.add_done_callback(lambda _: self._loading.pop(image_id, None))
-            image = await asyncio.shield(loading)
-        if image is None or (image.visibility != Visibility.PUBLIC and image.owner != viewer):
+            readable = await asyncio.shield(loading)
+        if readable is None or (not readable.public and readable.owner != viewer):
             raise NotFound(f"no image {image_id}")  # another owner's: exactly like a missing one
-        return image
+        return readable
 
-    async def _load(self, image_id: str, generation: int) -> Image | None:
+    async def _load(self, image_id: str, generation: int) -> _Readable | None:
         started = time.monotonic()
         engine = self.sessions.kw["bind"]
         row = await fetch_one(engine, READY_BY_ID, {"image_id": image_id}, timeout=self.db_timeout)
@@ -182,13 +194,15 @@ class ImageService:
             self._readable.pop(image_id, None)
             return None
         image = Image(**row._mapping)
+        blob = blob_of(image)
+        readable = _Readable(image, blob, owner=image.owner, public=blob.public, loaded=started)
         # A change in this process since the load began (forget()) may postdate the row
         # we read: then do not keep it.
         if self.read_cache_seconds > 0 and generation == self._generation:
             if len(self._readable) >= _READ_CACHE_MAX:
                 self._readable.clear()
-            self._readable[image_id] = (image, started)
-        return image
+            self._readable[image_id] = readable
+        return readable
 
     def forget(self, image_id: str) -> None:
         """This process changed or removed the image: drop what we know of it, and make
