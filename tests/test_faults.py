@@ -315,14 +315,14 @@ async def test_sigkill_during_concurrent_uploads_loses_no_201(
             return  # the server died under this one: no promise was made
         if response.status_code == 201:
             promised[response.json()["id"]] = data
+            first_promise.set()
 
+    first_promise = asyncio.Event()
     async with httpx.AsyncClient(base_url=url, timeout=60, headers=fault_auth) as client:
         uploads = [asyncio.create_task(one(i, client)) for i in range(16)]
         # Kill as soon as the first 201 is in (the large uploads are still streaming then),
         # not after a fixed delay: a loaded machine may need longer for that first one.
-        async with asyncio.timeout(30):
-            while not promised:
-                await asyncio.sleep(0.02)
+        await asyncio.wait_for(first_promise.wait(), 30)
         process.stop(signal.SIGKILL)
         await asyncio.gather(*uploads)
     assert promised, "some uploads should have finished before the kill"
