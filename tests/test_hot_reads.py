@@ -38,7 +38,11 @@ def _max_age(cache_control: str) -> int:
 async def both_ways(
     app: FastAPI, client: httpx.AsyncClient, path: str, headers: dict[str, str]
 ) -> tuple[httpx.Response, httpx.Response]:
+    """The hot path's answer (asked twice: computed, then replayed from the answer cache,
+    which must be identical) and the framework's."""
     hot = await client.get(path, headers=headers)
+    again = await client.get(path, headers=headers)
+    assert_same(again, hot)
     app.dependency_overrides[current_owner] = current_owner
     app.dependency_overrides[optional_owner] = optional_owner
     try:
@@ -144,3 +148,54 @@ async def test_hot_content_honours_conditions_in_proxy_mode(
             assert hot.status_code == status, (headers, hot.text)
     finally:
         service.serve = saved
+
+
+async def test_kept_answers_never_outlive_this_processs_changes(
+    app: FastAPI, raw: httpx.AsyncClient
+) -> None:
+    """A replayed answer is dropped the moment this process changes what it said: a
+    visibility change, a delete, a revoked key. And a replay still takes a rate-limit token."""
+    from imagesvc.auth.ratelimit import RateLimiter
+
+    owner = await app.state.keys.create(f"dave-{uuid.uuid4().hex[:8]}")
+    auth = {"Authorization": f"Bearer {owner.key}"}
+    created = await raw.post(
+        "/v1/images",
+        content=jpeg((40, 30)),
+        params={"visibility": "public"},
+        headers={**auth, "Content-Type": "image/jpeg"},
+    )
+    image_id = created.json()["id"]
+    content, metadata = f"/v1/images/{image_id}/content", f"/v1/images/{image_id}"
+
+    for _ in range(2):  # computed, then replayed
+        assert (await raw.get(content)).status_code in (200, 302)  # public: no key needed
+        assert (await raw.get(metadata, headers=auth)).json()["visibility"] == "public"
+    patched = await raw.patch(metadata, json={"visibility": "private"}, headers=auth)
+    assert patched.status_code == 200
+    assert (await raw.get(content)).status_code == 404
+    assert (await raw.get(metadata, headers=auth)).json()["visibility"] == "private"
+
+    app.state.rate_limiter = RateLimiter(per_minute=6)  # a burst of one, then one per 10 s
+    try:
+        assert (await raw.get(metadata, headers=auth)).status_code == 200  # replayed
+        limited = await raw.get(metadata, headers=auth)
+        assert limited.status_code == 429
+        assert limited.headers["content-type"] == "application/problem+json"
+    finally:
+        app.state.rate_limiter = None
+
+    assert (await raw.get(metadata, headers=auth)).status_code == 200
+    assert await app.state.keys.revoke(owner.id)
+    assert (await raw.get(metadata, headers=auth)).status_code == 401
+
+    other = await app.state.keys.create(f"erin-{uuid.uuid4().hex[:8]}")
+    other_auth = {"Authorization": f"Bearer {other.key}"}
+    created = await raw.post(
+        "/v1/images", content=jpeg((40, 30)), headers={**other_auth, "Content-Type": "image/jpeg"}
+    )
+    image_id = created.json()["id"]
+    assert (await raw.get(f"/v1/images/{image_id}", headers=other_auth)).status_code == 200
+    assert (await raw.delete(f"/v1/images/{image_id}", headers=other_auth)).status_code == 204
+    assert (await raw.get(f"/v1/images/{image_id}", headers=other_auth)).status_code == 404
+    assert (await raw.get(f"/v1/images/{image_id}/content", headers=other_auth)).status_code == 404

@@ -28,13 +28,15 @@ def _authorization(scope: Scope) -> str | None:
 
 
 async def _owner_of(scope: Scope, authorization: str | None) -> str:
-    state = scope["app"].state
-    keys: KeyService = state.keys
+    app_state = scope["app"].state
+    keys: KeyService = app_state.keys
     principal = await keys.authenticate(authorization)
-    limiter: RateLimiter | None = state.rate_limiter
+    limiter: RateLimiter | None = app_state.rate_limiter
     if limiter is not None:
         limiter.check(principal.key_id)
-    scope.setdefault("state", {})["owner"] = principal.owner  # for the request log line
+    state = scope.setdefault("state", {})
+    state["owner"] = principal.owner  # for the request log line
+    state["key_id"] = principal.key_id  # for hot_reads' answer cache (rate limit on reuse)
     return principal.owner
 
 

@@ -128,6 +128,11 @@ class KeyService:
         self._loading.pop(key_id, None)
         return revoked
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever this process revokes a key (see hot_reads' answer cache)."""
+        return self._generation
+
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise Unauthorized("send `Authorization: Bearer <api key>`", error=None)

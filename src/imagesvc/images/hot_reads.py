@@ -1,5 +1,5 @@
 """The two hottest reads, `GET /v1/images/{id}/content` and `GET /v1/images/{id}`, called
-without FastAPI's router and dependency solver.
+without FastAPI's router and dependency solver, and their answers reused for a moment.
 
 Profiling a cached redirect showed our own work (key check, cached row, cached signed URL)
 at a few percent of the request; route matching, dependency solving and parameter
@@ -11,22 +11,37 @@ middleware does not recognise (other methods, other paths, ids FastAPI would rej
 long, a mounted `root_path`) goes to FastAPI untouched, and so does everything while
 dependency overrides (a testing feature) are set, since only FastAPI applies them.
 
+Answer cache: a 200 (metadata) or 302 (redirect) computed here is kept for
+`read_cache_seconds` (the row cache's bound, default 1 s; 0 turns both off) and replayed to
+the same credentials, so a busy image costs a dictionary lookup instead of the key check, the
+row lookup and building the response. Replays still take a rate-limit token. Requests with
+`Range`, `If-None-Match` or `If-Range` are always computed. This process's own changes
+(PATCH, DELETE, a key revocation) drop every kept answer at once, through the services'
+generation counters; other processes' changes show within the bound, exactly as with the
+row cache. Entries are keyed by a SHA-256 of the Authorization header, never the key itself.
+
 It sits inside RequestContextMiddleware, so request ids, log lines and metrics are the same
 as for every other route. tests/test_hot_reads.py checks that both paths answer alike.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import time
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagesvc.auth.dependencies import current_owner, optional_owner
+from imagesvc.auth.keys import KeyService
+from imagesvc.auth.ratelimit import RateLimiter
 from imagesvc.errors import ProblemError, handle_problem
 from imagesvc.images.endpoints import get_image, get_image_content, router
 from imagesvc.images.http_content import request_conditions
+from imagesvc.images.service import ImageService
 
 # The id segment as FastAPI's path parameter accepts it (max_length=64); longer ones are
 # left to FastAPI, which answers 422.
@@ -36,11 +51,25 @@ _ROUTES = {
     for route in router.routes
     if isinstance(route, APIRoute) and route.endpoint in (get_image, get_image_content)
 }
+_CONDITIONAL = (b"range", b"if-none-match", b"if-range")
+_MAX_ANSWERS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    owner: str | None
+    key_id: str | None
+    generations: tuple[int, int]  # (images, keys) when it was computed
+    expires: float  # time.monotonic()
 
 
 class HotReads:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._answers: dict[tuple[str, bool, bytes | None], _Answer] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = None
@@ -53,8 +82,13 @@ class HotReads:
         image_id, content = match[1], match[2] is not None
         # Logs and metrics label requests by route template, as FastAPI's router would.
         scope["route"] = _ROUTES[get_image_content if content else get_image]
+        service: ImageService = app.state.images
+        keys: KeyService = app.state.keys
+        key = self._key(scope, image_id, content)
+        if key is not None and await self._replay(scope, send, key, service, keys, app):
+            return
+        generations = (service.generation, keys.generation)
         request = Request(scope, receive)
-        service = app.state.images
         response: Response
         try:
             if content:
@@ -70,4 +104,77 @@ class HotReads:
                 )
         except ProblemError as exc:
             response = await handle_problem(request, exc)
+        else:
+            if key is not None and response.status_code in (200, 302):
+                self._keep(scope, key, response, generations, service.read_cache_seconds)
         await response(scope, receive, send)
+
+    @staticmethod
+    def _key(scope: Scope, image_id: str, content: bool) -> tuple[str, bool, bytes | None] | None:
+        """The answer's identity (image, route, credentials), or None when the request is
+        conditional and must be computed."""
+        authorization: bytes | None = None
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        for name, value in headers:
+            if name == b"authorization":
+                if authorization is not None:
+                    return None  # two Authorization headers: let the full path judge
+                authorization = value
+            elif name in _CONDITIONAL:
+                return None
+        credentials = hashlib.sha256(authorization).digest() if authorization else None
+        return image_id, content, credentials
+
+    def _keep(
+        self,
+        scope: Scope,
+        key: tuple[str, bool, bytes | None],
+        response: Response,
+        generations: tuple[int, int],
+        seconds: float,
+    ) -> None:
+        if seconds <= 0 or type(response) is not Response:  # proxied bytes stream: never kept
+            return
+        if len(self._answers) >= _MAX_ANSWERS:
+            self._answers.clear()  # crude and bounded, like the other caches
+        state = scope.get("state", {})
+        self._answers[key] = _Answer(
+            status=response.status_code,
+            headers=tuple(response.raw_headers),
+            body=bytes(response.body),
+            owner=state.get("owner"),
+            key_id=state.get("key_id"),
+            generations=generations,
+            expires=time.monotonic() + seconds,
+        )
+
+    async def _replay(
+        self,
+        scope: Scope,
+        send: Send,
+        key: tuple[str, bool, bytes | None],
+        service: ImageService,
+        keys: KeyService,
+        app: FastAPI,
+    ) -> bool:
+        answer = self._answers.get(key)
+        if answer is None:
+            return False
+        if answer.expires <= time.monotonic() or answer.generations != (
+            service.generation,
+            keys.generation,
+        ):
+            self._answers.pop(key, None)
+            return False
+        limiter: RateLimiter | None = app.state.rate_limiter
+        if limiter is not None and answer.key_id is not None:
+            try:
+                limiter.check(answer.key_id)
+            except ProblemError:
+                return False  # the full path answers the 429, with the same limiter
+        scope.setdefault("state", {})["owner"] = answer.owner
+        await send(
+            {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+        return True

@@ -204,6 +204,11 @@ class ImageService:
             self._readable[image_id] = readable
         return readable
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever this process changes or removes an image (see forget())."""
+        return self._generation
+
     def forget(self, image_id: str) -> None:
         """This process changed or removed the image: drop what we know of it, and make
         loads already in flight neither cache nor hand out their (older) result."""
