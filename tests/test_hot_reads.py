@@ -199,3 +199,20 @@ async def test_kept_answers_never_outlive_this_processs_changes(
     assert (await raw.delete(f"/v1/images/{image_id}", headers=other_auth)).status_code == 204
     assert (await raw.get(f"/v1/images/{image_id}", headers=other_auth)).status_code == 404
     assert (await raw.get(f"/v1/images/{image_id}/content", headers=other_auth)).status_code == 404
+
+
+def test_a_dependency_added_to_a_hot_route_fails_loudly() -> None:
+    """The hot path calls the endpoints with today's dependencies; one added later must
+    not be skipped silently."""
+    from imagesvc.images import hot_reads
+    from imagesvc.images.endpoints import get_image
+
+    route = hot_reads._ROUTES[get_image]
+    extra = route.dependant.dependencies[-1]
+    route.dependant.dependencies.append(extra)
+    try:
+        with pytest.raises(RuntimeError, match="out of date"):
+            hot_reads._check_routes()
+    finally:
+        route.dependant.dependencies.pop()
+    hot_reads._check_routes()

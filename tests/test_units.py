@@ -156,3 +156,25 @@ def test_request_line_timestamp_has_structlogs_format() -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
     parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     assert abs((datetime.now(UTC) - parsed).total_seconds()) < 5
+
+
+def test_a_request_line_that_cannot_be_written_does_not_fail_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import logging
+
+    import structlog
+
+    from imagesvc.observability import logs
+
+    class Broken:
+        def write(self, _: str) -> int:
+            raise BrokenPipeError
+
+        def flush(self) -> None:
+            raise BrokenPipeError
+
+    monkeypatch.setattr(sys, "stderr", Broken())
+    monkeypatch.setattr(logs, "log_request", logs.log_request)  # restored afterwards
+    logs._direct_request_log(structlog.processors.JSONRenderer(), logging.INFO)
+    logs.log_request({"method": "GET", "path": "/", "status": 200})  # must not raise

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from imagesvc.auth.models import ApiKey
 from imagesvc.db import transaction, utcnow
 from imagesvc.errors import InvalidParameter, ProblemError
+from imagesvc.singleflight import SingleFlight
 
 KEY_PREFIX = "isk_"
 _KEY = re.compile(r"isk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
@@ -91,7 +92,7 @@ class KeyService:
         self.cache_seconds = cache_seconds
         self.db_timeout = db_timeout
         self._cache: dict[str, _Cached] = {}
-        self._loading: dict[str, asyncio.Future[_Cached]] = {}
+        self._loading: SingleFlight[str, _Cached] = SingleFlight()
         self._generation = 0  # bumped by revoke(): a lookup in flight must not cache
         self._background: set[asyncio.Task[None]] = set()
 
@@ -125,7 +126,7 @@ class KeyService:
         revoked = await transaction(self.sessions, work, timeout=self.db_timeout)
         self._generation += 1
         self._cache.pop(key_id, None)
-        self._loading.pop(key_id, None)
+        self._loading.forget(key_id)
         return revoked
 
     @property
@@ -161,12 +162,7 @@ class KeyService:
         # Single flight: when a busy key's entry expires, the requests that find it expired
         # share one query instead of each taking a pooled connection (a p99 spike every
         # `cache_seconds` under load, before).
-        loading = self._loading.get(key_id)
-        if loading is None:
-            loading = asyncio.ensure_future(self._fetch(key_id, cached))
-            self._loading[key_id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(key_id, None))
-        return await asyncio.shield(loading)
+        return await self._loading.do(key_id, lambda: self._fetch(key_id, cached))
 
     async def _fetch(self, key_id: str, cached: _Cached | None) -> _Cached:
         now, generation = time.monotonic(), self._generation

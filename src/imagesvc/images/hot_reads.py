@@ -9,7 +9,8 @@ the same endpoint functions with the same dependencies (`optional_owner`, `curre
 A `ProblemError` becomes the same problem+json through the same handler; anything this
 middleware does not recognise (other methods, other paths, ids FastAPI would reject as too
 long, a mounted `root_path`) goes to FastAPI untouched, and so does everything while
-dependency overrides (a testing feature) are set, since only FastAPI applies them.
+dependency overrides (a testing feature) or app-wide dependencies are set, since only
+FastAPI applies them. The routes' own dependencies are checked at import (_check_routes).
 
 Answer cache: a 200 (metadata) or 302 (redirect) computed here is kept for
 `read_cache_seconds` (the row cache's bound, default 1 s; 0 turns both off) and replayed to
@@ -29,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
@@ -51,6 +54,26 @@ _ROUTES = {
     for route in router.routes
     if isinstance(route, APIRoute) and route.endpoint in (get_image, get_image_content)
 }
+
+
+def _check_routes() -> None:
+    """This middleware calls the endpoints with the dependencies they declare today. A
+    dependency added later (to a route, to the router) would be skipped here, silently:
+    fail at import instead, so whoever adds one updates this file too."""
+    expected: list[tuple[Callable[..., Any], list[str]]] = [
+        (get_image, ["get_service", "current_owner"]),
+        (get_image_content, ["get_service", "optional_owner", "request_conditions"]),
+    ]
+    for endpoint, names in expected:
+        route = _ROUTES[endpoint]
+        declared = [d.call.__name__ for d in route.dependant.dependencies if d.call]
+        params = route.dependant
+        other_params = params.query_params + params.header_params + params.cookie_params
+        if declared != names or route.dependencies or router.dependencies or other_params:
+            raise RuntimeError(f"hot_reads.py is out of date with {route.path}: {declared}")
+
+
+_check_routes()
 _CONDITIONAL = (b"range", b"if-none-match", b"if-range")
 _MAX_ANSWERS = 10_000
 
@@ -76,7 +99,7 @@ class HotReads:
         if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
             match = _PATH.fullmatch(scope["path"])
         app: FastAPI | None = scope.get("app")
-        if match is None or app is None or app.dependency_overrides:
+        if match is None or app is None or app.dependency_overrides or app.router.dependencies:
             await self.app(scope, receive, send)
             return
         image_id, content = match[1], match[2] is not None

@@ -8,7 +8,6 @@ so no `ready` row ever points at a missing object.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +25,7 @@ from imagesvc.images.models import Image, ImageStatus, Visibility
 from imagesvc.images.repository import READY_BY_ID, ImageRepository
 from imagesvc.images.serving import Blob, Conditions, Content, ServeOptions, serve
 from imagesvc.imaging.render import Placeholder
+from imagesvc.singleflight import SingleFlight
 from imagesvc.storage.port import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class ImageService:
         self.db_timeout = db_timeout
         self.read_cache_seconds = read_cache_seconds
         self._readable: dict[str, _Readable] = {}
-        self._loading: dict[str, asyncio.Future[_Readable | None]] = {}
+        self._loading: SingleFlight[str, _Readable | None] = SingleFlight()
         self._generation = 0  # bumped by forget(); one counter is enough (changes are rare)
         self.ingest = Ingest(
             sessions, store, limits, self.image_prefix, db_timeout, placeholders=placeholders
@@ -176,12 +176,8 @@ class ImageService:
         if readable is None or time.monotonic() - readable.loaded >= self.read_cache_seconds:
             # Single flight: when a hot entry expires, the requests that find it expired
             # share one query instead of each taking a pooled connection.
-            loading = self._loading.get(image_id)
-            if loading is None:
-                loading = asyncio.ensure_future(self._load(image_id, self._generation))
-                self._loading[image_id] = loading
-                loading.add_done_callback(lambda _: self._loading.pop(image_id, None))
-            readable = await asyncio.shield(loading)
+            generation = self._generation
+            readable = await self._loading.do(image_id, lambda: self._load(image_id, generation))
         if readable is None or (not readable.public and readable.owner != viewer):
             raise NotFound(f"no image {image_id}")  # another owner's: exactly like a missing one
         return readable
@@ -213,7 +209,7 @@ class ImageService:
         """This process changed or removed the image: drop what we know of it, and make
         loads already in flight neither cache nor hand out their (older) result."""
         self._readable.pop(image_id, None)
-        self._loading.pop(image_id, None)
+        self._loading.forget(image_id)
         self._generation += 1
 
     # --- delete -----------------------------------------------------------------------------

@@ -140,8 +140,11 @@ def _direct_request_log(renderer: Any, level: int) -> None:
         event["logger"] = REQUEST_LOGGER
         event["timestamp"] = _utc_timestamp()
         redact(None, "info", event)
-        stream.write(render(event) + "\n")
-        stream.flush()
+        try:
+            stream.write(render(event) + "\n")
+            stream.flush()
+        except Exception:  # as logging.Handler.emit does: a log line never fails a request
+            logging.getLogger(REQUEST_LOGGER).debug("request line not written", exc_info=True)
 
     def silent(fields: dict[str, Any]) -> None:
         pass

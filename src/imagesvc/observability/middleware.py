@@ -50,8 +50,9 @@ class RequestContextMiddleware:
         request_id = ""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
+                # The last one wins: a proxy that appends its own id after the client's
+                # decides, as it did when the headers went through a dict.
                 request_id = value.decode("latin-1")
-                break
         if not _REQUEST_ID.fullmatch(request_id):
             request_id = os.urandom(16).hex()  # as random as a uuid4, a fifth of the cost
         encoded_id = request_id.encode()
