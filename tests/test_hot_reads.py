@@ -171,6 +171,12 @@ async def test_kept_answers_never_outlive_this_processs_changes(
     for _ in range(2):  # computed, then replayed
         assert (await raw.get(content)).status_code in (200, 302)  # public: no key needed
         assert (await raw.get(metadata, headers=auth)).json()["visibility"] == "public"
+    # A key that is sent must be valid, even an empty one: never the anonymous answer.
+    for empty in ("", " "):
+        assert (await raw.get(content, headers={"Authorization": empty})).status_code == 401
+    # Any spelling the key check accepts gets the same answer, kept or not.
+    lower = {"Authorization": "bearer  " + owner.key}
+    assert (await raw.get(metadata, headers=lower)).json()["id"] == image_id
     patched = await raw.patch(metadata, json={"visibility": "private"}, headers=auth)
     assert patched.status_code == 200
     assert (await raw.get(content)).status_code == 404
@@ -216,3 +222,20 @@ def test_a_dependency_added_to_a_hot_route_fails_loudly() -> None:
     finally:
         route.dependant.dependencies.pop()
     hot_reads._check_routes()
+
+
+def test_the_images_router_is_included_without_extra_settings() -> None:
+    """hot_reads checks the routes' own dependencies; dependencies or a prefix given to
+    `include_router` would be skipped by it too, so create_app must include plainly."""
+    from imagesvc.app import create_app
+    from imagesvc.config import load_settings
+    from imagesvc.images.endpoints import router
+
+    app = create_app(load_settings())
+    included = [r for r in app.router.routes if getattr(r, "original_router", None) is router]
+    if included:  # FastAPI >= 0.16x keeps an include as one route with its context
+        context = included[0].include_context  # type: ignore[attr-defined]
+        assert not context.dependencies
+        assert not context.prefix
+    else:  # older FastAPI copies the routes
+        assert any(getattr(r, "path", "") == "/v1/images/{image_id}" for r in app.router.routes)

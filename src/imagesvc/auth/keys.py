@@ -129,6 +129,12 @@ class KeyService:
         self._loading.forget(key_id)
         return revoked
 
+    def cached_since(self, key_id: str) -> float | None:
+        """When (time.monotonic()) the cached entry of `key_id` was read, if one is cached:
+        a revocation elsewhere shows from `cached_since + cache_seconds` on."""
+        entry = self._cache.get(key_id)
+        return entry.fetched if entry is not None else None
+
     @property
     def generation(self) -> int:
         """Changes whenever this process revokes a key (see hot_reads' answer cache)."""

@@ -75,6 +75,7 @@ def _check_routes() -> None:
 
 _check_routes()
 _CONDITIONAL = (b"range", b"if-none-match", b"if-range")
+_CANONICAL_BEARER = re.compile(rb"Bearer isk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
 _MAX_ANSWERS = 10_000
 
 
@@ -129,24 +130,28 @@ class HotReads:
             response = await handle_problem(request, exc)
         else:
             if key is not None and response.status_code in (200, 302):
-                self._keep(scope, key, response, generations, service.read_cache_seconds)
+                self._keep(scope, key, response, generations, service, keys)
         await response(scope, receive, send)
 
     @staticmethod
     def _key(scope: Scope, image_id: str, content: bool) -> tuple[str, bool, bytes | None] | None:
-        """The answer's identity (image, route, credentials), or None when the request is
-        conditional and must be computed."""
+        """The answer's identity (image, route, credentials), or None when the answer must
+        be computed: a conditional request, or credentials not in the one canonical form
+        (`Bearer <key>`, once), so that no client can spread one key over many entries."""
         authorization: bytes | None = None
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         for name, value in headers:
             if name == b"authorization":
                 if authorization is not None:
-                    return None  # two Authorization headers: let the full path judge
+                    return None
                 authorization = value
             elif name in _CONDITIONAL:
                 return None
-        credentials = hashlib.sha256(authorization).digest() if authorization else None
-        return image_id, content, credentials
+        if authorization is None:
+            return image_id, content, None
+        if not _CANONICAL_BEARER.fullmatch(authorization):
+            return None
+        return image_id, content, hashlib.sha256(authorization).digest()
 
     def _keep(
         self,
@@ -154,21 +159,36 @@ class HotReads:
         key: tuple[str, bool, bytes | None],
         response: Response,
         generations: tuple[int, int],
-        seconds: float,
+        service: ImageService,
+        keys: KeyService,
     ) -> None:
-        if seconds <= 0 or type(response) is not Response:  # proxied bytes stream: never kept
+        if type(response) is not Response:  # proxied bytes stream: never kept
             return
-        if len(self._answers) >= _MAX_ANSWERS:
-            self._answers.clear()  # crude and bounded, like the other caches
+        # An answer is only as fresh as what it was computed from: it expires when the
+        # cached row (or the cached key) it used would have been read again.
+        row_since = service.cached_since(key[0])
+        if row_since is None or service.read_cache_seconds <= 0:
+            return
+        expires = row_since + service.read_cache_seconds
         state = scope.get("state", {})
+        key_id = state.get("key_id")
+        if key_id is not None:
+            key_since = keys.cached_since(key_id)
+            if key_since is None:
+                return
+            expires = min(expires, key_since + keys.cache_seconds)
+        if expires <= time.monotonic():
+            return
+        while len(self._answers) >= _MAX_ANSWERS:
+            del self._answers[next(iter(self._answers))]  # the oldest
         self._answers[key] = _Answer(
             status=response.status_code,
             headers=tuple(response.raw_headers),
             body=bytes(response.body),
             owner=state.get("owner"),
-            key_id=state.get("key_id"),
+            key_id=key_id,
             generations=generations,
-            expires=time.monotonic() + seconds,
+            expires=expires,
         )
 
     async def _replay(

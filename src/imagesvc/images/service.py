@@ -200,6 +200,12 @@ class ImageService:
             self._readable[image_id] = readable
         return readable
 
+    def cached_since(self, image_id: str) -> float | None:
+        """When (time.monotonic()) the cached row of `image_id` was read, if one is cached:
+        anything derived from it is stale from `cached_since + read_cache_seconds` on."""
+        readable = self._readable.get(image_id)
+        return readable.loaded if readable is not None else None
+
     @property
     def generation(self) -> int:
         """Changes whenever this process changes or removes an image (see forget())."""
