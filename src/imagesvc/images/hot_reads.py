@@ -112,6 +112,9 @@ class HotReads:
         if key is not None and await self._replay(scope, send, key, service, keys, app):
             return
         generations = (service.generation, keys.generation)
+        # What the caches held before: if it was still fresh, that is what this answer is
+        # computed from, even if another request reloads it meanwhile.
+        started, row_before = time.monotonic(), service.cached_since(image_id)
         request = Request(scope, receive)
         response: Response
         try:
@@ -130,7 +133,9 @@ class HotReads:
             response = await handle_problem(request, exc)
         else:
             if key is not None and response.status_code in (200, 302):
-                self._keep(scope, key, response, generations, service, keys)
+                fresh = row_before is not None and started - row_before < service.read_cache_seconds
+                row_since = row_before if fresh else service.cached_since(image_id)
+                self._keep(scope, key, response, generations, row_since, service, keys)
         await response(scope, receive, send)
 
     @staticmethod
@@ -159,14 +164,15 @@ class HotReads:
         key: tuple[str, bool, bytes | None],
         response: Response,
         generations: tuple[int, int],
+        row_since: float | None,
         service: ImageService,
         keys: KeyService,
     ) -> None:
         if type(response) is not Response:  # proxied bytes stream: never kept
             return
         # An answer is only as fresh as what it was computed from: it expires when the
-        # cached row (or the cached key) it used would have been read again.
-        row_since = service.cached_since(key[0])
+        # cached row (or the cached key) it used would have been read again. (A key entry
+        # refreshed meanwhile can only be newer; the row's bound still caps the answer.)
         if row_since is None or service.read_cache_seconds <= 0:
             return
         expires = row_since + service.read_cache_seconds
