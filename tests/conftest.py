@@ -215,6 +215,15 @@ async def client(app: FastAPI, owner: str) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
+async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client with no overrides: every request goes through real authentication."""
+    assert not app.dependency_overrides
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://imagesvc.test") as c:
+        yield c
+
+
+@pytest.fixture
 def inspector(app: FastAPI, settings: Settings) -> Inspector:
     return Inspector(app, settings)
 

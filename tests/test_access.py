@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import httpx
@@ -19,15 +18,6 @@ from imagesvc.auth.keys import KeyService
 from imagesvc.auth.ratelimit import RateLimiter
 from tests.conftest import fetch_content
 from tests.images import jpeg
-
-
-@pytest.fixture
-async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client with no overrides: every request goes through real authentication."""
-    assert not app.dependency_overrides
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://imagesvc.test") as c:
-        yield c
 
 
 async def new_key(app: FastAPI, owner: str) -> dict[str, str]:

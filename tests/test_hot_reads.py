@@ -9,7 +9,6 @@ acts on must be the same, for successes and for every error, on every backend.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -21,14 +20,6 @@ from tests.images import jpeg
 
 # Headers that differ per response by design.
 _VOLATILE = {"x-request-id", "date", "server"}
-
-
-@pytest.fixture
-async def raw(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    assert not app.dependency_overrides
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://imagesvc.test") as c:
-        yield c
 
 
 def _max_age(cache_control: str) -> int:
@@ -70,7 +61,9 @@ def assert_same(hot: httpx.Response, framework: httpx.Response) -> None:
         assert hot.content == framework.content
 
 
-async def test_hot_reads_answer_like_the_framework(app: FastAPI, raw: httpx.AsyncClient) -> None:
+async def test_hot_reads_answer_like_the_framework(
+    app: FastAPI, anonymous: httpx.AsyncClient
+) -> None:
     alice = await app.state.keys.create(f"alice-{uuid.uuid4().hex[:8]}")
     bob = await app.state.keys.create(f"bob-{uuid.uuid4().hex[:8]}")
     as_alice = {"Authorization": f"Bearer {alice.key}"}
@@ -78,7 +71,7 @@ async def test_hot_reads_answer_like_the_framework(app: FastAPI, raw: httpx.Asyn
     data = jpeg((64, 48))
 
     async def upload(**params: str) -> str:
-        created = await raw.post(
+        created = await anonymous.post(
             "/v1/images",
             content=data,
             params=params,
@@ -106,24 +99,24 @@ async def test_hot_reads_answer_like_the_framework(app: FastAPI, raw: httpx.Asyn
         ("/v1/images/" + "x" * 65, as_alice, 422),  # longer than an id may be: FastAPI's
     ]
     for path, headers, status in cases:
-        hot, framework = await both_ways(app, raw, path, headers)
+        hot, framework = await both_ways(app, anonymous, path, headers)
         assert_same(hot, framework)
         if status == -1:
             assert hot.status_code in (200, 302)
         else:
             assert hot.status_code == status, (path, hot.text)
-    metadata = (await raw.get(f"/v1/images/{private}", headers=as_alice)).json()
+    metadata = (await anonymous.get(f"/v1/images/{private}", headers=as_alice)).json()
     assert metadata["id"] == private
     assert metadata["byte_size"] == len(data)
 
 
 async def test_hot_content_honours_conditions_in_proxy_mode(
-    app: FastAPI, raw: httpx.AsyncClient
+    app: FastAPI, anonymous: httpx.AsyncClient
 ) -> None:
     key = await app.state.keys.create(f"carol-{uuid.uuid4().hex[:8]}")
     auth = {"Authorization": f"Bearer {key.key}"}
     data = jpeg((80, 60))
-    created = await raw.post(
+    created = await anonymous.post(
         "/v1/images", content=data, headers={**auth, "Content-Type": "image/jpeg"}
     )
     image_id, etag = created.json()["id"], None
@@ -132,7 +125,7 @@ async def test_hot_content_honours_conditions_in_proxy_mode(
     service.serve = ServeOptions(redirect=False, signed_url_ttl=saved.signed_url_ttl)
     try:
         path = f"/v1/images/{image_id}/content"
-        hot, framework = await both_ways(app, raw, path, auth)
+        hot, framework = await both_ways(app, anonymous, path, auth)
         assert_same(hot, framework)
         assert hot.content == data
         etag = hot.headers["etag"]
@@ -143,7 +136,7 @@ async def test_hot_content_honours_conditions_in_proxy_mode(
             ({"Range": f"bytes={len(data)}-"}, 416),
             ({"Range": "bytes=0-9", "If-Range": '"stale"'}, 200),
         ]:
-            hot, framework = await both_ways(app, raw, path, {**auth, **headers})
+            hot, framework = await both_ways(app, anonymous, path, {**auth, **headers})
             assert_same(hot, framework)
             assert hot.status_code == status, (headers, hot.text)
     finally:
@@ -151,7 +144,7 @@ async def test_hot_content_honours_conditions_in_proxy_mode(
 
 
 async def test_kept_answers_never_outlive_this_processs_changes(
-    app: FastAPI, raw: httpx.AsyncClient
+    app: FastAPI, anonymous: httpx.AsyncClient
 ) -> None:
     """A replayed answer is dropped the moment this process changes what it said: a
     visibility change, a delete, a revoked key. And a replay still takes a rate-limit token."""
@@ -159,7 +152,7 @@ async def test_kept_answers_never_outlive_this_processs_changes(
 
     owner = await app.state.keys.create(f"dave-{uuid.uuid4().hex[:8]}")
     auth = {"Authorization": f"Bearer {owner.key}"}
-    created = await raw.post(
+    created = await anonymous.post(
         "/v1/images",
         content=jpeg((40, 30)),
         params={"visibility": "public"},
@@ -169,42 +162,44 @@ async def test_kept_answers_never_outlive_this_processs_changes(
     content, metadata = f"/v1/images/{image_id}/content", f"/v1/images/{image_id}"
 
     for _ in range(2):  # computed, then replayed
-        assert (await raw.get(content)).status_code in (200, 302)  # public: no key needed
-        assert (await raw.get(metadata, headers=auth)).json()["visibility"] == "public"
+        assert (await anonymous.get(content)).status_code in (200, 302)  # public: no key needed
+        assert (await anonymous.get(metadata, headers=auth)).json()["visibility"] == "public"
     # A key that is sent must be valid, even an empty one: never the anonymous answer.
     for empty in ("", " "):
-        assert (await raw.get(content, headers={"Authorization": empty})).status_code == 401
+        assert (await anonymous.get(content, headers={"Authorization": empty})).status_code == 401
     # Any spelling the key check accepts gets the same answer, kept or not.
     lower = {"Authorization": "bearer  " + owner.key}
-    assert (await raw.get(metadata, headers=lower)).json()["id"] == image_id
-    patched = await raw.patch(metadata, json={"visibility": "private"}, headers=auth)
+    assert (await anonymous.get(metadata, headers=lower)).json()["id"] == image_id
+    patched = await anonymous.patch(metadata, json={"visibility": "private"}, headers=auth)
     assert patched.status_code == 200
-    assert (await raw.get(content)).status_code == 404
-    assert (await raw.get(metadata, headers=auth)).json()["visibility"] == "private"
+    assert (await anonymous.get(content)).status_code == 404
+    assert (await anonymous.get(metadata, headers=auth)).json()["visibility"] == "private"
 
     app.state.rate_limiter = RateLimiter(per_minute=6)  # a burst of one, then one per 10 s
     try:
-        assert (await raw.get(metadata, headers=auth)).status_code == 200  # replayed
-        limited = await raw.get(metadata, headers=auth)
+        assert (await anonymous.get(metadata, headers=auth)).status_code == 200  # replayed
+        limited = await anonymous.get(metadata, headers=auth)
         assert limited.status_code == 429
         assert limited.headers["content-type"] == "application/problem+json"
     finally:
         app.state.rate_limiter = None
 
-    assert (await raw.get(metadata, headers=auth)).status_code == 200
+    assert (await anonymous.get(metadata, headers=auth)).status_code == 200
     assert await app.state.keys.revoke(owner.id)
-    assert (await raw.get(metadata, headers=auth)).status_code == 401
+    assert (await anonymous.get(metadata, headers=auth)).status_code == 401
 
     other = await app.state.keys.create(f"erin-{uuid.uuid4().hex[:8]}")
     other_auth = {"Authorization": f"Bearer {other.key}"}
-    created = await raw.post(
+    created = await anonymous.post(
         "/v1/images", content=jpeg((40, 30)), headers={**other_auth, "Content-Type": "image/jpeg"}
     )
     image_id = created.json()["id"]
-    assert (await raw.get(f"/v1/images/{image_id}", headers=other_auth)).status_code == 200
-    assert (await raw.delete(f"/v1/images/{image_id}", headers=other_auth)).status_code == 204
-    assert (await raw.get(f"/v1/images/{image_id}", headers=other_auth)).status_code == 404
-    assert (await raw.get(f"/v1/images/{image_id}/content", headers=other_auth)).status_code == 404
+    assert (await anonymous.get(f"/v1/images/{image_id}", headers=other_auth)).status_code == 200
+    assert (await anonymous.delete(f"/v1/images/{image_id}", headers=other_auth)).status_code == 204
+    assert (await anonymous.get(f"/v1/images/{image_id}", headers=other_auth)).status_code == 404
+    assert (
+        await anonymous.get(f"/v1/images/{image_id}/content", headers=other_auth)
+    ).status_code == 404
 
 
 def test_a_dependency_added_to_a_hot_route_fails_loudly() -> None:

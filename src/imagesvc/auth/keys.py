@@ -31,7 +31,7 @@ from imagesvc.errors import InvalidParameter, ProblemError
 from imagesvc.singleflight import SingleFlight
 
 KEY_PREFIX = "isk_"
-_KEY = re.compile(r"isk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+KEY_PATTERN = re.compile(r"isk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 OWNER_PATTERN = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 # last_used_at is a hint for operators, not an audit log: write it at most this often.
 LAST_USED_EVERY = 60.0
@@ -149,7 +149,7 @@ class KeyService:
                 "use the Bearer scheme: `Authorization: Bearer <api key>`",
                 error="invalid_request",
             )
-        match = _KEY.fullmatch(token.strip())
+        match = KEY_PATTERN.fullmatch(token.strip())
         if match is None:
             raise Unauthorized("the API key is malformed")
         key_id, secret = match.groups()

@@ -39,11 +39,11 @@ from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagesvc.auth.dependencies import current_owner, optional_owner
-from imagesvc.auth.keys import KeyService
+from imagesvc.auth.keys import KEY_PATTERN, KeyService
 from imagesvc.auth.ratelimit import RateLimiter
 from imagesvc.errors import ProblemError, handle_problem
 from imagesvc.images.endpoints import get_image, get_image_content, router
-from imagesvc.images.http_content import request_conditions
+from imagesvc.images.http_content import CONDITION_NAMES, request_conditions
 from imagesvc.images.service import ImageService
 
 # The id segment as FastAPI's path parameter accepts it (max_length=64); longer ones are
@@ -74,8 +74,7 @@ def _check_routes() -> None:
 
 
 _check_routes()
-_CONDITIONAL = (b"range", b"if-none-match", b"if-range")
-_CANONICAL_BEARER = re.compile(rb"Bearer isk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
+_CANONICAL_BEARER = re.compile(b"Bearer " + KEY_PATTERN.pattern.encode())
 _MAX_ANSWERS = 10_000
 
 
@@ -150,7 +149,7 @@ class HotReads:
                 if authorization is not None:
                     return None
                 authorization = value
-            elif name in _CONDITIONAL:
+            elif name in CONDITION_NAMES:
                 return None
         if authorization is None:
             return image_id, content, None

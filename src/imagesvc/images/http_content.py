@@ -52,7 +52,8 @@ def parse_range(header: str | None) -> RangeRequest | None:
 
 
 _NO_CONDITIONS = Conditions()
-_CONDITION_NAMES = (b"range", b"if-none-match", b"if-range")
+# Raw (ASGI) names of the headers that make a content request conditional.
+CONDITION_NAMES = (b"range", b"if-none-match", b"if-range")
 
 
 async def request_conditions(request: Request) -> Conditions:
@@ -61,7 +62,7 @@ async def request_conditions(request: Request) -> Conditions:
     # documented by CONDITION_HEADERS instead), and most requests send none of them.
     found: dict[bytes, str] = {}
     for name, value in request.scope["headers"]:
-        if name in _CONDITION_NAMES and name not in found:
+        if name in CONDITION_NAMES and name not in found:
             found[name] = value.decode("latin-1")
     if not found:
         return _NO_CONDITIONS

@@ -47,7 +47,6 @@ class _Readable:
     image: Image
     blob: Blob
     owner: str
-    public: bool
     loaded: float  # time.monotonic() when the query started
 
 
@@ -178,7 +177,7 @@ class ImageService:
             # share one query instead of each taking a pooled connection.
             generation = self._generation
             readable = await self._loading.do(image_id, lambda: self._load(image_id, generation))
-        if readable is None or (not readable.public and readable.owner != viewer):
+        if readable is None or (not readable.blob.public and readable.owner != viewer):
             raise NotFound(f"no image {image_id}")  # another owner's: exactly like a missing one
         return readable
 
@@ -191,7 +190,7 @@ class ImageService:
             return None
         image = Image(**row._mapping)
         blob = blob_of(image)
-        readable = _Readable(image, blob, owner=image.owner, public=blob.public, loaded=started)
+        readable = _Readable(image, blob, owner=image.owner, loaded=started)
         # A change in this process since the load began (forget()) may postdate the row
         # we read: then do not keep it.
         if self.read_cache_seconds > 0 and generation == self._generation:
