@@ -178,3 +178,57 @@ def test_a_request_line_that_cannot_be_written_does_not_fail_the_request(
     monkeypatch.setattr(logs, "log_request", logs.log_request)  # restored afterwards
     logs._direct_request_log(structlog.processors.JSONRenderer(), logging.INFO)
     logs.log_request({"method": "GET", "path": "/", "status": 200})  # must not raise
+
+
+def test_request_lines_of_one_event_loop_turn_are_written_together_and_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import io
+    import json
+    import logging
+
+    import structlog
+
+    from imagesvc.observability import logs
+
+    class Recording(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    stream = Recording()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(logs, "log_request", logs.log_request)  # restored afterwards
+    logs._direct_request_log(structlog.processors.JSONRenderer(), logging.INFO)
+
+    async def requests() -> None:
+        for index in range(3):
+            logs.log_request({"method": "GET", "path": f"/{index}", "status": 200})
+        assert stream.getvalue() == ""  # not yet: at the end of this turn
+        await asyncio.sleep(0)
+        logs.log_request({"method": "GET", "path": "/isk_0123456789abcdef_" + "s" * 30})
+        await asyncio.sleep(0)
+
+    asyncio.run(requests())
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["path"] for line in lines] == ["/0", "/1", "/2", "/[redacted]"]
+    assert stream.writes == 2
+
+
+def test_uvicorn_access_logger_is_unreachable_so_uvicorn_skips_it() -> None:
+    # uvicorn formats an access line for every response while this logger can reach a
+    # handler (it asks hasHandlers()); our request line replaces it. In a subprocess: the
+    # logging configuration is process-wide.
+    code = (
+        "import logging; from imagesvc.observability.logs import configure_logging; "
+        "configure_logging('json'); "
+        "print(logging.getLogger('uvicorn.access').hasHandlers(), "
+        "logging.getLogger('uvicorn.error').hasHandlers())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False", "True"]

@@ -3,13 +3,13 @@ one structured log line per request, and the request metrics.
 
 This runs on every request, so it is written for cost (measured on a cached redirect,
 where it was once as expensive as the request itself): one pass over the headers, a
-random id from `os.urandom`, metric children cached per label set, and the log line
+random id without a system call, metric children cached per label set, and the log line
 written by `logs.log_request` without the standard library's logging chain.
 """
 
 from __future__ import annotations
 
-import os
+import random
 import re
 import time
 from typing import Any
@@ -54,7 +54,9 @@ class RequestContextMiddleware:
                 # decides, as it did when the headers went through a dict.
                 request_id = value.decode("latin-1")
         if not _REQUEST_ID.fullmatch(request_id):
-            request_id = os.urandom(16).hex()  # as random as a uuid4, a fifth of the cost
+            # 128 random bits, as many as a uuid4. Not from os.urandom: an id correlates log
+            # lines and guards nothing, and the system call cost ~5 µs under load.
+            request_id = f"{random.getrandbits(128):032x}"
         encoded_id = request_id.encode()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
