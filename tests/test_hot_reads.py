@@ -234,3 +234,34 @@ def test_the_images_router_is_included_without_extra_settings() -> None:
         assert not context.prefix
     else:  # older FastAPI copies the routes
         assert any(getattr(r, "path", "") == "/v1/images/{image_id}" for r in app.router.routes)
+
+
+async def test_an_unexpected_error_is_the_same_500_problem_on_every_path(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot reads sit outside Starlette's error layer: they must still answer a bug with
+    the app's problem+json 500 (no trace, the request id once), as every other route does."""
+    key = await app.state.keys.create(f"carol-{uuid.uuid4().hex[:8]}")
+    headers = {"Authorization": f"Bearer {key.key}"}
+
+    async def broken(**_: object) -> None:
+        raise RuntimeError("boom: internal detail")
+
+    for name in ("get", "content", "update"):
+        monkeypatch.setattr(app.state.images, name, broken)
+    # Starlette's error layer re-raises after answering (for the server's log): keep the
+    # answer instead of the exception.
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for path in ("/v1/images/img_nope", "/v1/images/img_nope/content"):
+            hot, framework = await both_ways(app, client, path, headers)
+            assert_same(hot, framework)
+        patched = await client.patch(
+            "/v1/images/img_nope", json={"visibility": "public"}, headers=headers
+        )
+    for response in (hot, framework, patched):
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "internal_error"
+        assert "boom" not in response.text
+        assert response.headers.get_list("x-request-id") == [response.json()["request_id"]]

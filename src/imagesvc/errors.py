@@ -202,17 +202,14 @@ async def _handle_http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    request_id = request_id_of(request)
-    log.exception("unhandled error", extra={"request_id": request_id})
-    # Rendered by Starlette's outermost middleware, outside the one that echoes the id.
+async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", extra={"request_id": request_id_of(request)})
     return problem_response(
         request,
         status=500,
         code="internal_error",
         title="Internal server error",
         detail="the server failed to handle this request; it has been logged",
-        headers={"X-Request-ID": request_id} if request_id else None,
     )
 
 
@@ -220,4 +217,4 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, handle_problem)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)
-    app.add_exception_handler(Exception, _handle_unexpected)
+    app.add_exception_handler(Exception, handle_unexpected)

@@ -22,7 +22,10 @@ generation counters; other processes' changes show within the bound, exactly as 
 row cache. Entries are keyed by a SHA-256 of the Authorization header, never the key itself.
 
 It sits inside RequestContextMiddleware, so request ids, log lines and metrics are the same
-as for every other route. tests/test_hot_reads.py checks that both paths answer alike.
+as for every other route, and both sit outside FastAPI's own middleware (app._ImagesvcAPI):
+an unexpected error here gets the app's 500 problem from `errors.handle_unexpected`, as
+Starlette's error layer would give it. tests/test_hot_reads.py checks that both paths
+answer alike.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from imagesvc.auth.dependencies import current_owner, optional_owner
 from imagesvc.auth.keys import KEY_PATTERN, KeyService
 from imagesvc.auth.ratelimit import RateLimiter
-from imagesvc.errors import ProblemError, handle_problem
+from imagesvc.errors import ProblemError, handle_problem, handle_unexpected
 from imagesvc.images.endpoints import get_image, get_image_content, router
 from imagesvc.images.http_content import CONDITION_NAMES, request_conditions
 from imagesvc.images.service import ImageService
@@ -132,6 +135,8 @@ class HotReads:
                 )
         except ProblemError as exc:
             response = await handle_problem(request, exc)
+        except Exception as exc:  # this middleware sits outside Starlette's error layer
+            response = await handle_unexpected(request, exc)
         else:
             if key is not None and response.status_code in (200, 302):
                 fresh = row_before is not None and started - row_before < service.read_cache_seconds
