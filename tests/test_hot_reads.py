@@ -13,8 +13,10 @@ import uuid
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagesvc.auth.dependencies import current_owner, optional_owner
+from imagesvc.config import Settings
 from imagesvc.images.serving import ServeOptions
 from tests.images import jpeg
 
@@ -240,28 +242,68 @@ async def test_an_unexpected_error_is_the_same_500_problem_on_every_path(
     app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hot reads sit outside Starlette's error layer: they must still answer a bug with
-    the app's problem+json 500 (no trace, the request id once), as every other route does."""
+    the app's problem+json 500 (no trace, the request id once), as every other route does,
+    wherever in the hot path it happens."""
     key = await app.state.keys.create(f"carol-{uuid.uuid4().hex[:8]}")
     headers = {"Authorization": f"Bearer {key.key}"}
 
     async def broken(**_: object) -> None:
         raise RuntimeError("boom: internal detail")
 
-    for name in ("get", "content", "update"):
-        monkeypatch.setattr(app.state.images, name, broken)
+    def broken_lookup(_: str) -> None:
+        raise RuntimeError("boom: internal detail")
+
     # Starlette's error layer re-raises after answering (for the server's log): keep the
     # answer instead of the exception.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        for path in ("/v1/images/img_nope", "/v1/images/img_nope/content"):
-            hot, framework = await both_ways(app, client, path, headers)
-            assert_same(hot, framework)
-        patched = await client.patch(
-            "/v1/images/img_nope", json={"visibility": "public"}, headers=headers
-        )
-    for response in (hot, framework, patched):
-        assert response.status_code == 500
+        with monkeypatch.context() as patch:
+            for name in ("get", "content", "update"):
+                patch.setattr(app.state.images, name, broken)
+            answers = []
+            for path in ("/v1/images/img_nope", "/v1/images/img_nope/content"):
+                hot, framework = await both_ways(app, client, path, headers)
+                assert_same(hot, framework)
+                answers += [hot, framework]
+            answers.append(
+                await client.patch(
+                    "/v1/images/img_nope", json={"visibility": "public"}, headers=headers
+                )
+            )
+        with monkeypatch.context() as patch:  # before the endpoint is even called
+            patch.setattr(app.state.images, "cached_since", broken_lookup)
+            answers.append(await client.get("/v1/images/img_nope", headers=headers))
+    for response in answers:
+        assert response.status_code == 500, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["code"] == "internal_error"
         assert "boom" not in response.text
         assert response.headers.get_list("x-request-id") == [response.json()["request_id"]]
+
+
+async def test_middleware_an_embedding_app_adds_wraps_the_hot_reads_too(
+    settings: Settings,
+) -> None:
+    from imagesvc.app import create_app
+
+    class Tag:
+        def __init__(self, inner: ASGIApp) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            async def tagging(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), (b"x-embedded", b"yes")]
+                await send(message)
+
+            await self.inner(scope, receive, tagging)
+
+    embedded = create_app(settings)
+    embedded.add_middleware(Tag)
+    async with embedded.router.lifespan_context(embedded):
+        key = await embedded.state.keys.create(f"dave-{uuid.uuid4().hex[:8]}")
+        transport = httpx.ASGITransport(app=embedded)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for path in ("/v1/images/img_nope", "/v1/images/img_nope/content", "/healthz"):
+                response = await client.get(path, headers={"Authorization": f"Bearer {key.key}"})
+                assert response.headers.get("x-embedded") == "yes", (path, response.status_code)

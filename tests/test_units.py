@@ -232,3 +232,59 @@ def test_uvicorn_access_logger_is_unreachable_so_uvicorn_skips_it() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_request_lines_are_not_stranded_by_a_loop_that_closed_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import io
+    import json
+    import logging
+
+    import structlog
+
+    from imagesvc.observability import logs
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(logs, "log_request", logs.log_request)  # restored afterwards
+    logs._direct_request_log(structlog.processors.JSONRenderer(), logging.INFO)
+
+    async def one(path: str) -> None:
+        logs.log_request({"method": "GET", "path": path, "status": 200})
+
+    first = asyncio.new_event_loop()
+    first.run_until_complete(one("/first"))  # stops before the scheduled write runs
+    first.close()
+    asyncio.run(one("/second"))  # another loop: schedules its own write, for both lines
+    assert [json.loads(line)["path"] for line in stream.getvalue().splitlines()] == [
+        "/first",
+        "/second",
+    ]
+    logs.log_request({"method": "GET", "path": "/x", "status": 200, "odd": object()})
+    assert len(stream.getvalue().splitlines()) == 2  # unrenderable: the line, not the request
+
+
+def test_console_request_lines_keep_their_columns_when_a_secret_is_redacted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+    import logging
+    import re
+
+    import structlog
+
+    from imagesvc.observability import logs
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(logs, "log_request", logs.log_request)  # restored afterwards
+    logs._direct_request_log(structlog.dev.ConsoleRenderer(colors=False), logging.INFO)
+    secret = "isk_0123456789abcdef_" + "s" * 30
+    logs.log_request({"method": "GET", "path": f"/{secret}", "status": 200})
+    line = stream.getvalue()
+    assert secret not in line
+    assert "path=/[redacted]" in line
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z \[info\s*\] request ", line), line
+    assert "imagesvc.request" in line

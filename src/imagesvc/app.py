@@ -184,7 +184,16 @@ class _ImagesvcAPI(FastAPI):
     """
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestContextMiddleware(HotReads(super().build_middleware_stack()))
+        # Middleware an embedding application adds (CORS, GZip...) wraps everything, the
+        # hot reads included (and the error layer too: what it raises reaches the server).
+        added, self.user_middleware = self.user_middleware, []
+        try:
+            app: ASGIApp = RequestContextMiddleware(HotReads(super().build_middleware_stack()))
+        finally:
+            self.user_middleware = added
+        for cls, args, kwargs in reversed(added):
+            app = cls(app, *args, **kwargs)
+        return app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

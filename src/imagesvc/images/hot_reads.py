@@ -108,13 +108,36 @@ class HotReads:
         image_id, content = match[1], match[2] is not None
         # Logs and metrics label requests by route template, as FastAPI's router would.
         scope["route"] = _ROUTES[get_image_content if content else get_image]
+        answer: _Answer | Response
+        try:
+            answer = await self._answer(scope, receive, app, image_id, content)
+        except Exception as exc:  # this middleware sits outside Starlette's error layer
+            answer = await handle_unexpected(Request(scope, receive), exc)
+        # Sent outside the `try`: an error once the response has started is the server's to
+        # log (it cannot become a second response).
+        if isinstance(answer, Response):
+            await answer(scope, receive, send)
+            return
+        scope.setdefault("state", {})["owner"] = answer.owner
+        await send(
+            {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, app: FastAPI, image_id: str, content: bool
+    ) -> _Answer | Response:
+        """A kept answer to replay, or the response computed by the endpoint (a problem
+        response for a ProblemError)."""
         # The dictionary behind app.state: State's __getattr__ costs ~0.8 µs per lookup.
         state: dict[str, Any] = app.state._state
         service: ImageService = state["images"]
         keys: KeyService = state["keys"]
         key = self._key(scope, image_id, content)
-        if key is not None and await self._replay(scope, send, key, service, keys, state):
-            return
+        if key is not None:
+            kept = self._replayable(key, service, keys, state["rate_limiter"])
+            if kept is not None:
+                return kept
         generations = (service.generation, keys.generation)
         # What the caches held before: if it was still fresh, that is what this answer is
         # computed from, even if another request reloads it meanwhile.
@@ -134,15 +157,12 @@ class HotReads:
                     image.model_dump_json(by_alias=True), media_type="application/json"
                 )
         except ProblemError as exc:
-            response = await handle_problem(request, exc)
-        except Exception as exc:  # this middleware sits outside Starlette's error layer
-            response = await handle_unexpected(request, exc)
-        else:
-            if key is not None and response.status_code in (200, 302):
-                fresh = row_before is not None and started - row_before < service.read_cache_seconds
-                row_since = row_before if fresh else service.cached_since(image_id)
-                self._keep(scope, key, response, generations, row_since, service, keys)
-        await response(scope, receive, send)
+            return await handle_problem(request, exc)
+        if key is not None and response.status_code in (200, 302):
+            fresh = row_before is not None and started - row_before < service.read_cache_seconds
+            row_since = row_before if fresh else service.cached_since(image_id)
+            self._keep(scope, key, response, generations, row_since, service, keys)
+        return response
 
     @staticmethod
     def _key(scope: Scope, image_id: str, content: bool) -> tuple[str, bool, bytes | None] | None:
@@ -203,33 +223,25 @@ class HotReads:
             expires=expires,
         )
 
-    async def _replay(
+    def _replayable(
         self,
-        scope: Scope,
-        send: Send,
         key: tuple[str, bool, bytes | None],
         service: ImageService,
         keys: KeyService,
-        state: dict[str, Any],
-    ) -> bool:
+        limiter: RateLimiter | None,
+    ) -> _Answer | None:
         answer = self._answers.get(key)
         if answer is None:
-            return False
+            return None
         if answer.expires <= time.monotonic() or answer.generations != (
             service.generation,
             keys.generation,
         ):
             self._answers.pop(key, None)
-            return False
-        limiter: RateLimiter | None = state["rate_limiter"]
+            return None
         if limiter is not None and answer.key_id is not None:
             try:
                 limiter.check(answer.key_id)
             except ProblemError:
-                return False  # the full path answers the 429, with the same limiter
-        scope.setdefault("state", {})["owner"] = answer.owner
-        await send(
-            {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
-        )
-        await send({"type": "http.response.body", "body": answer.body})
-        return True
+                return None  # the full path answers the 429, with the same limiter
+        return answer
