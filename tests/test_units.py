@@ -158,13 +158,25 @@ def test_request_line_timestamp_has_structlogs_format() -> None:
     assert abs((datetime.now(UTC) - parsed).total_seconds()) < 5
 
 
-def test_a_request_line_that_cannot_be_written_does_not_fail_the_request(
-    monkeypatch: pytest.MonkeyPatch,
+def _request_lines_to(
+    monkeypatch: pytest.MonkeyPatch, stream: object, renderer: object | None = None
 ) -> None:
+    """The request-line writer, as configure_logging installs it, writing to `stream`
+    (log_request is restored after the test)."""
     import logging
 
     import structlog
 
+    from imagesvc.observability import logs
+
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(logs, "log_request", logs.log_request)
+    logs._direct_request_log(renderer or structlog.processors.JSONRenderer(), logging.INFO)
+
+
+def test_a_request_line_that_cannot_be_written_does_not_fail_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from imagesvc.observability import logs
 
     class Broken:
@@ -174,9 +186,7 @@ def test_a_request_line_that_cannot_be_written_does_not_fail_the_request(
         def flush(self) -> None:
             raise BrokenPipeError
 
-    monkeypatch.setattr(sys, "stderr", Broken())
-    monkeypatch.setattr(logs, "log_request", logs.log_request)  # restored afterwards
-    logs._direct_request_log(structlog.processors.JSONRenderer(), logging.INFO)
+    _request_lines_to(monkeypatch, Broken())
     logs.log_request({"method": "GET", "path": "/", "status": 200})  # must not raise
 
 
@@ -186,9 +196,6 @@ def test_request_lines_of_one_event_loop_turn_are_written_together_and_in_order(
     import asyncio
     import io
     import json
-    import logging
-
-    import structlog
 
     from imagesvc.observability import logs
 
@@ -200,9 +207,7 @@ def test_request_lines_of_one_event_loop_turn_are_written_together_and_in_order(
             return super().write(text)
 
     stream = Recording()
-    monkeypatch.setattr(sys, "stderr", stream)
-    monkeypatch.setattr(logs, "log_request", logs.log_request)  # restored afterwards
-    logs._direct_request_log(structlog.processors.JSONRenderer(), logging.INFO)
+    _request_lines_to(monkeypatch, stream)
 
     async def requests() -> None:
         for index in range(3):
@@ -240,16 +245,11 @@ def test_request_lines_are_not_stranded_by_a_loop_that_closed_first(
     import asyncio
     import io
     import json
-    import logging
-
-    import structlog
 
     from imagesvc.observability import logs
 
     stream = io.StringIO()
-    monkeypatch.setattr(sys, "stderr", stream)
-    monkeypatch.setattr(logs, "log_request", logs.log_request)  # restored afterwards
-    logs._direct_request_log(structlog.processors.JSONRenderer(), logging.INFO)
+    _request_lines_to(monkeypatch, stream)
 
     async def one(path: str) -> None:
         logs.log_request({"method": "GET", "path": path, "status": 200})
@@ -270,7 +270,6 @@ def test_console_request_lines_keep_their_columns_when_a_secret_is_redacted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import io
-    import logging
     import re
 
     import structlog
@@ -278,9 +277,7 @@ def test_console_request_lines_keep_their_columns_when_a_secret_is_redacted(
     from imagesvc.observability import logs
 
     stream = io.StringIO()
-    monkeypatch.setattr(sys, "stderr", stream)
-    monkeypatch.setattr(logs, "log_request", logs.log_request)  # restored afterwards
-    logs._direct_request_log(structlog.dev.ConsoleRenderer(colors=False), logging.INFO)
+    _request_lines_to(monkeypatch, stream, structlog.dev.ConsoleRenderer(colors=False))
     secret = "isk_0123456789abcdef_" + "s" * 30
     logs.log_request({"method": "GET", "path": f"/{secret}", "status": 200})
     line = stream.getvalue()
