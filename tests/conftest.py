@@ -1,11 +1,15 @@
 """Fixtures: real MariaDB, real S3 servers (moto and rclone) over HTTP, and SQLite + local
-directory, each behind the real app. Tests using `client` run once per backend."""
+directory, each behind the real app. Tests using `client` run once per backend, with a
+real API key of a fresh owner (no dependency overrides: every request takes the
+production path, authentication and the fast reads included)."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +19,14 @@ import pytest
 from botocore.config import Config as BotoConfig
 from fastapi import FastAPI
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from alembic import command
 from imagesvc.app import create_app
-from imagesvc.auth.dependencies import current_owner, optional_owner
 from imagesvc.cli import alembic_config
 from imagesvc.config import MIB, Settings
 from imagesvc.images.models import Image
+from imagesvc.serving.content import ServeOptions
 from tests.services import (
     S3_ACCESS_KEY,
     S3_SECRET_KEY,
@@ -169,12 +174,12 @@ class Inspector:
         query = select(func.count()).select_from(Image)
         if owner is not None:
             query = query.where(Image.owner == owner)
-        async with self.app.state.engine.connect() as conn:
+        async with self.app.state.runtime.db.engine.connect() as conn:
             count: int = (await conn.execute(query)).scalar_one()
             return count
 
     async def row(self, image_id: str) -> Image | None:
-        async with self.app.state.images.sessions() as session:
+        async with AsyncSession(self.app.state.runtime.db.engine) as session:
             image: Image | None = await session.get(Image, image_id)
             return image
 
@@ -192,35 +197,55 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 
 
 @pytest.fixture
-def owner(app: FastAPI) -> Iterator[str]:
+def owner() -> str:
     """A fresh owner per test, so tests never see each other's images."""
-    name = f"owner-{uuid.uuid4().hex[:12]}"
-    act_as(app, name)
-    yield name
-    app.dependency_overrides.pop(current_owner, None)
-    app.dependency_overrides.pop(optional_owner, None)
+    return f"owner-{uuid.uuid4().hex[:12]}"
 
 
-def act_as(app: FastAPI, owner: str) -> None:
-    """Skip API keys (tested on their own in test_access.py): every request is `owner`."""
-    app.dependency_overrides[current_owner] = lambda: owner
-    app.dependency_overrides[optional_owner] = lambda: owner
+async def bearer(app: FastAPI, owner: str) -> dict[str, str]:
+    """The Authorization header of a new API key of `owner`, made as an operator would."""
+    created = await app.state.runtime.keys.create(owner)
+    return {"Authorization": f"Bearer {created.key}"}
+
+
+@asynccontextmanager
+async def client_for(app: FastAPI, owner: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app that sends a real API key of `owner` (None: no key at all), so
+    every request runs real authentication and the production request path."""
+    headers = await bearer(app, owner) if owner is not None else {}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://imagesvc.test", headers=headers
+    ) as c:
+        yield c
 
 
 @pytest.fixture
 async def client(app: FastAPI, owner: str) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://imagesvc.test") as c:
+    """The usual client: `owner`'s key on every request."""
+    async with client_for(app, owner) as c:
         yield c
 
 
 @pytest.fixture
 async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client with no overrides: every request goes through real authentication."""
-    assert not app.dependency_overrides
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://imagesvc.test") as c:
+    """A client that sends no key."""
+    async with client_for(app, None) as c:
         yield c
+
+
+@contextmanager
+def serving(app: FastAPI, **changes: Any) -> Iterator[ServeOptions]:
+    """Serve content and variants with other options (e.g. `redirect=False`: proxy mode)
+    for the duration of the block."""
+    runtime = app.state.runtime
+    saved = runtime.content.options
+    options = replace(saved, **changes)
+    runtime.content.options = runtime.variants.options = options
+    try:
+        yield options
+    finally:
+        runtime.content.options = runtime.variants.options = saved
 
 
 @pytest.fixture
@@ -231,14 +256,3 @@ def inspector(app: FastAPI, settings: Settings) -> Inspector:
 @pytest.fixture
 def backend(settings: Settings) -> str:
     return "s3" if settings.storage_backend == "s3" else "local"
-
-
-async def fetch_content(
-    client: httpx.AsyncClient, image_id: str, headers: dict[str, str] | None = None
-) -> httpx.Response:
-    """GET the content, following a redirect to the signed S3 URL over real HTTP."""
-    response = await client.get(f"/v1/images/{image_id}/content", headers=headers)
-    if response.status_code != 302:
-        return response
-    async with httpx.AsyncClient() as outside:
-        return await outside.get(response.headers["location"])

@@ -176,13 +176,10 @@ def gc(settings: Settings, *, grace: float, limit: int, dry_run: bool) -> int:
 
 
 async def _gc(settings: Settings, *, grace: float, limit: int, dry_run: bool) -> list[str]:
-    from imagesvc.app import build_image_service, build_reconciler, running_resources
+    from imagesvc.runtime import Runtime
 
-    async with running_resources(settings) as (engine, store):
-        service = build_image_service(settings, engine, store)
-        report = await build_reconciler(settings, service).run(
-            grace=grace, limit=limit, dry_run=dry_run
-        )
+    async with Runtime(settings).open(background=False) as runtime:
+        report = await runtime.reconciler.run(grace=grace, limit=limit, dry_run=dry_run)
     return report.lines()
 
 
@@ -216,12 +213,12 @@ def keys(settings: Settings, args: argparse.Namespace) -> int:
 async def _keys(
     settings: Settings, args: argparse.Namespace, known_dev_key: str
 ) -> tuple[list[str], int]:
-    from imagesvc.app import build_key_service
-    from imagesvc.db import create_engine
+    from imagesvc.auth.keys import KeyService
+    from imagesvc.db import Database
 
-    engine = create_engine(settings)
+    db = Database.from_settings(settings)
     try:
-        service = build_key_service(settings, engine)
+        service = KeyService(db, cache_seconds=settings.auth_cache_seconds)
         if args.keys_command == "create":
             new = await service.create(args.owner)
             return [
@@ -245,7 +242,7 @@ async def _keys(
             return [f"no active key {args.key_id}"], 1
         return await _dev_key(service, known_dev_key), 0
     finally:
-        await engine.dispose()
+        await db.dispose()
 
 
 async def _dev_key(service: KeyService, key: str) -> list[str]:
@@ -271,11 +268,9 @@ def _when(value: datetime | None) -> str:
 
 
 async def _ensure_bucket(settings: Settings) -> bool:
-    from imagesvc.app import build_store
-    from imagesvc.storage.s3 import S3ObjectStore
+    from imagesvc.runtime import build_store
 
     store = build_store(settings)
-    assert isinstance(store, S3ObjectStore)
     await store.start()
     try:
         return await store.ensure_bucket()

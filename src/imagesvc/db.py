@@ -1,8 +1,11 @@
-"""Database plumbing: declarative base, engine and session factories, a UTC datetime type.
+"""The database gateway: declarative base, the engine, and `Database`, through which every
+service reaches SQL (one short transaction per step, under a timeout).
 
-Engines are built by the app lifespan (and the CLI), never at import time. The service opens a
-short transaction per step (`async with sessions.begin()`) rather than one session per
-request, so that a long streaming upload or download never pins a pooled connection.
+Engines are built by the app lifespan (and the CLI), never at import time. Services open a
+short transaction per step (`await db.run(work)`) rather than one session per request, so a
+long streaming upload or download never pins a pooled connection. SQLAlchemy's types stay
+here and in the repositories: a service hands the transaction (`Tx`) to repositories and
+never calls it itself, and a duplicate primary key reaches it as `DuplicateKey`.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Executable, MetaData, Row, event
+from sqlalchemy import DateTime, Executable, MetaData, Row, event, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -33,6 +40,14 @@ T = TypeVar("T")
 
 # What a down, restarting or overloaded database raises; anything else is a bug (500).
 UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, PoolTimeoutError, ConnectionError)
+
+
+class DuplicateKey(Exception):
+    """An INSERT met a row with the same primary key (a concurrent first request won)."""
+
+
+# One transaction, as repositories take it. Services pass it on and never use it themselves.
+Tx = AsyncSession
 
 
 class DatabaseUnavailable(ServiceUnavailable):
@@ -136,65 +151,85 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def _is_duplicate(exc: IntegrityError) -> bool:
+    # MySQL/MariaDB: error 1062 "Duplicate entry"; SQLite: "UNIQUE constraint failed".
+    message = str(exc.orig)
+    return "1062" in message or "Duplicate entry" in message or "UNIQUE constraint" in message
 
 
-async def transaction(
-    sessions: async_sessionmaker[AsyncSession],
-    work: Callable[[AsyncSession], Awaitable[T]],
-    *,
-    timeout: float = 10.0,  # noqa: ASYNC109 (bounds the whole transaction, by design)
-    retry_read: bool = False,
-) -> T:
-    """Run `work` in one short transaction: commit on success, roll back on error.
-    `retry_read=True` retries once, for read-only work, when a pooled connection turns out
-    to be dead (server restarted): safe because nothing was written."""
-
-    async def run() -> T:
-        async with sessions.begin() as session:
-            return await work(session)
-
-    return await _against_database(run, timeout=timeout, retries=1 if retry_read else 0)
-
-
-async def fetch_one(
-    engine: AsyncEngine,
-    statement: Executable,
-    params: dict[str, Any],
-    *,
-    timeout: float = 10.0,  # noqa: ASYNC109 (bounds the whole read, by design)
-) -> Row[Any] | None:
-    """One Core read on a pooled connection, no ORM session, no transaction to commit: the
-    hot paths (serving content) spend a third of their CPU in session bookkeeping
-    otherwise. Retried once on a dead connection (it only reads)."""
-
-    async def run() -> Row[Any] | None:
-        async with engine.connect() as conn:
-            return (await conn.execute(statement, params)).first()
-
-    return await _against_database(run, timeout=timeout, retries=1)
-
-
-async def _against_database(
-    run: Callable[[], Awaitable[T]],
-    *,
-    timeout: float,  # noqa: ASYNC109 (bounds the whole call, by design)
-    retries: int,
-) -> T:
-    """The edge of the database port: a database that is down, restarting or hung becomes
-    DatabaseUnavailable (503 + Retry-After) within `timeout` seconds, never a 500 or a
+class Database:
+    """Every database step of the service goes through here: one short transaction (or one
+    Core read) on a pooled connection, bounded by `timeout`; a database that is down,
+    restarting or hung becomes `DatabaseUnavailable` (503 + Retry-After), never a 500 or a
     hung request."""
-    for attempt in range(retries + 1):
+
+    def __init__(self, engine: AsyncEngine, *, timeout: float = 10.0) -> None:
+        self.engine = engine
+        self.timeout = timeout
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(create_engine(settings), timeout=settings.db_timeout)
+
+    async def run(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """`work` in one transaction: committed on success, rolled back on error. Writes
+        are never retried: a retried INSERT or UPDATE after an unknown outcome is exactly how
+        duplicates are made."""
+        return await self._against_database(lambda: self._transaction(work), retries=0)
+
+    async def read(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Like `run`, for work that only reads: retried once when a pooled connection
+        turns out to be dead (the server restarted), which is safe since nothing was
+        written."""
+        return await self._against_database(lambda: self._transaction(work), retries=1)
+
+    async def fetch_one(self, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
+        """One Core read, no ORM session, no transaction to commit: the hot paths (serving
+        content) spend a third of their CPU in session bookkeeping otherwise. Retried once
+        on a dead connection (it only reads)."""
+
+        async def fetch() -> Row[Any] | None:
+            async with self.engine.connect() as conn:
+                return (await conn.execute(statement, params)).first()
+
+        return await self._against_database(fetch, retries=1)
+
+    async def ping(self) -> None:
+        """Raise unless the database answers a trivial query (readiness)."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    def pool_usage(self) -> tuple[int, int] | None:
+        """(checked out, size) of the connection pool, when it is a sized pool."""
+        pool: Any = self.engine.pool
+        if not hasattr(pool, "checkedout"):
+            return None
+        return pool.checkedout(), pool.size()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    async def _transaction(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         try:
-            async with asyncio.timeout(timeout):
-                return await run()
-        except UNAVAILABLE_ERRORS as exc:
-            if attempt < retries and getattr(exc, "connection_invalidated", False):
-                continue
-            log.warning("database unavailable: %s", type(exc).__name__)
-            raise DatabaseUnavailable() from None
-        except TimeoutError:
-            log.warning("database did not answer within %.1fs", timeout)
-            raise DatabaseUnavailable() from None
-    raise AssertionError("unreachable")  # pragma: no cover
+            async with self._sessions.begin() as session:
+                return await work(session)
+        except IntegrityError as exc:
+            if not _is_duplicate(exc):
+                raise  # another constraint: a bug, not a race
+            raise DuplicateKey() from None
+
+    async def _against_database(self, call: Callable[[], Awaitable[T]], *, retries: int) -> T:
+        for attempt in range(retries + 1):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await call()
+            except UNAVAILABLE_ERRORS as exc:
+                if attempt < retries and getattr(exc, "connection_invalidated", False):
+                    continue
+                log.warning("database unavailable: %s", type(exc).__name__)
+                raise DatabaseUnavailable() from None
+            except TimeoutError:
+                log.warning("database did not answer within %.1fs", self.timeout)
+                raise DatabaseUnavailable() from None
+        raise AssertionError("unreachable")  # pragma: no cover

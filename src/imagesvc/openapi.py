@@ -19,6 +19,8 @@ from fastapi.openapi.utils import get_openapi
 from imagesvc.errors import PROBLEM_JSON
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+# A body or response of raw bytes, as generators turn it into a file/bytes type.
+BINARY = {"schema": {"type": "string", "format": "binary"}}
 _ALWAYS = {
     "401": "Missing, malformed, unknown or revoked API key (`WWW-Authenticate: Bearer`).",
     "422": "Invalid parameters.",

@@ -8,13 +8,13 @@ the OpenAPI document by openapi.py instead of through `fastapi.security`.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from starlette.types import Scope
 
-from imagesvc.auth.keys import KeyService
-from imagesvc.auth.ratelimit import RateLimiter
+if TYPE_CHECKING:
+    from imagesvc.runtime import Runtime
 
 
 def _authorization(scope: Scope) -> str | None:
@@ -28,10 +28,9 @@ def _authorization(scope: Scope) -> str | None:
 
 
 async def _owner_of(scope: Scope, authorization: str | None) -> str:
-    app_state = scope["app"].state
-    keys: KeyService = app_state.keys
-    principal = await keys.authenticate(authorization)
-    limiter: RateLimiter | None = app_state.rate_limiter
+    runtime: Runtime = scope["app"].state.runtime
+    principal = await runtime.keys.authenticate(authorization)
+    limiter = runtime.rate_limiter
     if limiter is not None:
         limiter.check(principal.key_id)
     state = scope.setdefault("state", {})

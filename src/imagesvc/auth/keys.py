@@ -22,13 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from imagesvc.auth.models import ApiKey
-from imagesvc.db import transaction, utcnow
+from imagesvc.auth.repository import KeyRepository
+from imagesvc.cache import SingleFlight, TtlCache
+from imagesvc.db import Database, utcnow
 from imagesvc.errors import InvalidParameter, ProblemError
-from imagesvc.singleflight import SingleFlight
 
 KEY_PREFIX = "isk_"
 KEY_PATTERN = re.compile(r"isk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
@@ -61,13 +59,11 @@ class NewKey:
     key: str  # the only time the full key exists outside the client
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Cached:
     owner: str | None  # None: no such key
     secret_sha256: str
     revoked: bool
-    fetched: float
-    last_used_written: float
 
 
 def _sha256(secret: str) -> str:
@@ -81,64 +77,31 @@ def check_owner(owner: str) -> str:
 
 
 class KeyService:
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        *,
-        cache_seconds: float = 5.0,
-        db_timeout: float = 10.0,
-    ) -> None:
-        self.sessions = sessions
+    def __init__(self, db: Database, *, cache_seconds: float = 5.0) -> None:
+        self.db = db
         self.cache_seconds = cache_seconds
-        self.db_timeout = db_timeout
-        self._cache: dict[str, _Cached] = {}
+        # Public: the answer cache (web/hot_reads.py) is only as fresh as these entries.
+        self.cache: TtlCache[str, _Cached] = TtlCache(cache_seconds, _CACHE_MAX)
         self._loading: SingleFlight[str, _Cached] = SingleFlight()
-        self._generation = 0  # bumped by revoke(): a lookup in flight must not cache
+        # Keys whose last_used_at this process wrote within LAST_USED_EVERY.
+        self._recently_noted: TtlCache[str, bool] = TtlCache(LAST_USED_EVERY, _CACHE_MAX)
         self._background: set[asyncio.Task[None]] = set()
 
     async def create(self, owner: str) -> NewKey:
         check_owner(owner)
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         row = ApiKey(id=key_id, owner=owner, secret_sha256=_sha256(secret), created_at=utcnow())
-
-        async def work(session: AsyncSession) -> None:
-            session.add(row)
-
-        await transaction(self.sessions, work, timeout=self.db_timeout)
+        await self.db.run(lambda tx: KeyRepository(tx).add(row))
         return NewKey(id=key_id, owner=owner, key=f"{KEY_PREFIX}{key_id}_{secret}")
 
     async def list(self) -> Sequence[ApiKey]:
-        async def work(session: AsyncSession) -> Sequence[ApiKey]:
-            result = await session.execute(select(ApiKey).order_by(ApiKey.created_at))
-            return result.scalars().all()
-
-        return await transaction(self.sessions, work, timeout=self.db_timeout)
+        return await self.db.read(lambda tx: KeyRepository(tx).all())
 
     async def revoke(self, key_id: str) -> bool:
-        async def work(session: AsyncSession) -> bool:
-            result = await session.execute(
-                update(ApiKey)
-                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-                .values(revoked_at=utcnow())
-            )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
-
-        revoked = await transaction(self.sessions, work, timeout=self.db_timeout)
-        self._generation += 1
-        self._cache.pop(key_id, None)
+        revoked = await self.db.run(lambda tx: KeyRepository(tx).revoke(key_id, now=utcnow()))
+        self.cache.pop(key_id)
         self._loading.forget(key_id)
         return revoked
-
-    def cached_since(self, key_id: str) -> float | None:
-        """When (time.monotonic()) the cached entry of `key_id` was read, if one is cached:
-        a revocation elsewhere shows from `cached_since + cache_seconds` on."""
-        entry = self._cache.get(key_id)
-        return entry.fetched if entry is not None else None
-
-    @property
-    def generation(self) -> int:
-        """Changes whenever this process revokes a key (see hot_reads' answer cache)."""
-        return self._generation
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -158,52 +121,39 @@ class KeyService:
         valid = hmac.compare_digest(_sha256(secret), entry.secret_sha256)
         if entry.owner is None or entry.revoked or not valid:
             raise Unauthorized("the API key is invalid or revoked")
-        self._note_use(key_id, entry)
+        self._note_use(key_id)
         return Principal(owner=entry.owner, key_id=key_id)
 
     async def _lookup(self, key_id: str) -> _Cached:
-        cached = self._cache.get(key_id)
-        if cached is not None and time.monotonic() - cached.fetched < self.cache_seconds:
+        cached = self.cache.get(key_id)
+        if cached is not None:
             return cached
         # Single flight: when a busy key's entry expires, the requests that find it expired
         # share one query instead of each taking a pooled connection (a p99 spike every
         # `cache_seconds` under load, before).
-        return await self._loading.do(key_id, lambda: self._fetch(key_id, cached))
+        return await self._loading.do(key_id, lambda: self._fetch(key_id))
 
-    async def _fetch(self, key_id: str, cached: _Cached | None) -> _Cached:
-        now, generation = time.monotonic(), self._generation
-
-        async def work(session: AsyncSession) -> ApiKey | None:
-            return await session.get(ApiKey, key_id)
-
-        row = await transaction(self.sessions, work, timeout=self.db_timeout)
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()  # crude, bounded; a flood of random ids cannot grow memory
+    async def _fetch(self, key_id: str) -> _Cached:
+        started, generation = time.monotonic(), self.cache.generation
+        row = await self.db.read(lambda tx: KeyRepository(tx).get(key_id))
         entry = _Cached(
             owner=row.owner if row else None,
             secret_sha256=row.secret_sha256 if row else "0" * 64,
             revoked=bool(row and row.revoked_at),
-            fetched=now,
-            last_used_written=cached.last_used_written if cached else 0.0,
         )
-        if generation == self._generation:
-            self._cache[key_id] = entry
+        # Bounded (a flood of random ids cannot grow memory); not kept if this process
+        # revoked a key meanwhile (the row may predate it).
+        self.cache.put(key_id, entry, since=started, generation=generation)
         return entry
 
-    def _note_use(self, key_id: str, entry: _Cached) -> None:
-        now = time.monotonic()
-        if now - entry.last_used_written < LAST_USED_EVERY:
+    def _note_use(self, key_id: str) -> None:
+        if self._recently_noted.get(key_id) is not None:
             return
-        entry.last_used_written = now
+        self._recently_noted.put(key_id, True)
         task = asyncio.create_task(self._write_last_used(key_id, utcnow()))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _write_last_used(self, key_id: str, when: datetime) -> None:
-        async def work(session: AsyncSession) -> None:
-            await session.execute(
-                update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when)
-            )
-
         with contextlib.suppress(ProblemError):  # a hint only; the next use tries again
-            await transaction(self.sessions, work, timeout=self.db_timeout)
+            await self.db.run(lambda tx: KeyRepository(tx).note_use(key_id, when=when))

@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from imagesvc.cache import TtlCache
 from imagesvc.errors import ProblemError
 
 _MAX_BUCKETS = 100_000
@@ -37,16 +38,18 @@ class RateLimiter:
     def __init__(self, per_minute: int) -> None:
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, per_minute / 6.0)
-        self._buckets: dict[str, _Bucket] = {}
+        # A bucket left alone for as long as it takes to refill is full again: forgetting
+        # it then changes nothing, which is what bounds the memory.
+        self._buckets: TtlCache[str, _Bucket] = TtlCache(self.capacity / self.rate, _MAX_BUCKETS)
 
     def check(self, key_id: str) -> None:
         """Take one token for this key, or raise 429 with the wait until the next one."""
         now = time.monotonic()
         bucket = self._buckets.get(key_id)
         if bucket is None:
-            if len(self._buckets) >= _MAX_BUCKETS:
-                self._buckets.clear()
-            bucket = self._buckets[key_id] = _Bucket(self.capacity, now)
+            bucket = _Bucket(self.capacity, now)
+        # Kept (again) from now: the idle time that refills it starts with this request.
+        self._buckets.put(key_id, bucket, since=now)
         bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now
         if bucket.tokens < 1.0:

@@ -1,4 +1,5 @@
-"""The `images` table: one row per image, holding its lifecycle state and facts."""
+"""Every table of the image lifecycle: `images` (one row per image, its state and facts),
+`variants` (renditions) and `idempotency_keys` (retry-safe uploads)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sqlalchemy import BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from imagesvc.db import Base, UTCDateTime
+from imagesvc.errors import InvalidParameter
 from imagesvc.ids import IMAGE_ID_LENGTH
 
 
@@ -24,6 +26,16 @@ class ImageStatus(StrEnum):
 class Visibility(StrEnum):
     PRIVATE = "private"
     PUBLIC = "public"
+
+
+def parse_visibility(value: object) -> Visibility:
+    """A client's visibility (form field, query, PATCH); absent or null is private."""
+    if value is None:
+        return Visibility.PRIVATE
+    try:
+        return Visibility(str(value))
+    except ValueError:
+        raise InvalidParameter("visibility: must be `private` or `public`") from None
 
 
 FILENAME_MAX = 255

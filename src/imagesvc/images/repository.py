@@ -1,23 +1,24 @@
-"""Queries on `images`. Every read a client can trigger is scoped to an owner and to the
-`ready` status: pending and deleting rows, and other owners' rows, are invisible here.
+"""Every statement on the `images` table, the image state machine's one home in SQL
+(`pending -> ready -> deleting`, see docs/DESIGN.md): the reads of the Image resource, the
+upload protocol's writes, and the reconciler's claims. Every read a client can trigger is
+scoped to an owner and to the `ready` status: pending and deleting rows, and other owners'
+rows, are invisible to clients.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Table, bindparam, delete, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from imagesvc.images.models import Image, ImageStatus, Variant, VariantStatus, Visibility
+from imagesvc.db import Database, Tx
+from imagesvc.images.models import Image, ImageStatus, Variant, Visibility
 
 _images: Table = Image.__table__  # type: ignore[assignment]
 # Built once: the content and variant paths run this on every request, and building and
 # hashing the statement each time costs as much as executing it.
-READY_BY_ID = select(_images).where(
+_READY_BY_ID = select(_images).where(
     _images.c.id == bindparam("image_id"), _images.c.status == ImageStatus.READY.value
 )
 # Every upload runs these two. Values go in as execution parameters, never through
@@ -29,8 +30,14 @@ _MARK_READY = update(_images).where(
 )
 
 
+async def ready_by_id(db: Database, image_id: str) -> Image | None:
+    """The ready row of `image_id`, whoever owns it: one prepared Core read, no session."""
+    row = await db.fetch_one(_READY_BY_ID, {"image_id": image_id})
+    return None if row is None else Image(**row._mapping)
+
+
 class ImageRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: Tx) -> None:
         self.session = session
 
     async def add(self, image: Image) -> None:
@@ -177,123 +184,3 @@ class ImageRepository:
             select(Image.id, Image.status, Image.updated_at).where(Image.id.in_(image_ids))
         )
         return {row.id: (row.status, row.updated_at) for row in result}
-
-
-@dataclass(frozen=True, slots=True)
-class VariantKey:
-    image_id: str
-    box_width: int
-    box_height: int
-    fit: str
-    format: str
-
-    def where(self) -> tuple[Any, ...]:
-        return (
-            Variant.image_id == self.image_id,
-            Variant.box_width == self.box_width,
-            Variant.box_height == self.box_height,
-            Variant.fit == self.fit,
-            Variant.format == self.format,
-        )
-
-
-class VariantRepository:
-    """Variant rows: `rendering` (claimed by one renderer) then `ready`."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def get(self, key: VariantKey) -> Variant | None:
-        return (
-            await self.session.execute(select(Variant).where(*key.where()))
-        ).scalar_one_or_none()
-
-    async def claim(
-        self, key: VariantKey, *, storage_key: str, now: datetime, stale_before: datetime
-    ) -> tuple[bool, Variant | None]:
-        """(True, None): ours to render. (False, row): ready, or being rendered by a live
-        renderer. A claim whose renderer went quiet is taken over. A concurrent first
-        claim surfaces as IntegrityError: the caller looks again."""
-        row = await self.get(key)
-        if row is None:
-            self.session.add(
-                Variant(
-                    image_id=key.image_id,
-                    box_width=key.box_width,
-                    box_height=key.box_height,
-                    fit=key.fit,
-                    format=key.format,
-                    status=VariantStatus.RENDERING,
-                    storage_key=storage_key,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            await self.session.flush()
-            return True, None
-        if row.status == VariantStatus.RENDERING and row.updated_at < stale_before:
-            result = await self.session.execute(
-                update(Variant)
-                .where(*key.where(), Variant.updated_at == row.updated_at)
-                .values(storage_key=storage_key, updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount:  # type: ignore[attr-defined]
-                return True, None
-        return False, row
-
-    async def mark_ready(self, key: VariantKey, storage_key: str, **facts: object) -> bool:
-        result = await self.session.execute(
-            update(Variant)
-            .where(
-                *key.where(),
-                Variant.status == VariantStatus.RENDERING,
-                Variant.storage_key == storage_key,
-            )
-            .values(status=VariantStatus.READY, **facts)
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    async def release(self, key: VariantKey, storage_key: str) -> bool:
-        """Drop our claim; False if the row is not our claim (any more)."""
-        result = await self.session.execute(
-            delete(Variant).where(
-                *key.where(),
-                Variant.status == VariantStatus.RENDERING,
-                Variant.storage_key == storage_key,
-            )
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    async def forget_ready(self, key: VariantKey, storage_key: str) -> None:
-        """A ready rendition whose object is gone: drop the row (only that exact one)."""
-        await self.session.execute(
-            delete(Variant).where(*key.where(), Variant.storage_key == storage_key)
-        )
-
-    async def stale(self, *, before: datetime, limit: int) -> Sequence[Variant]:
-        query = (
-            select(Variant)
-            .where(Variant.status == VariantStatus.RENDERING, Variant.updated_at < before)
-            .limit(limit)
-        )
-        return (await self.session.execute(query)).scalars().all()
-
-    async def remove_stale(self, variant: Variant, *, before: datetime) -> bool:
-        result = await self.session.execute(
-            delete(Variant).where(
-                Variant.image_id == variant.image_id,
-                Variant.storage_key == variant.storage_key,
-                Variant.status == VariantStatus.RENDERING,
-                Variant.updated_at < before,
-            )
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    async def known_keys(self, storage_keys: Sequence[str]) -> set[str]:
-        if not storage_keys:
-            return set()
-        result = await self.session.execute(
-            select(Variant.storage_key).where(Variant.storage_key.in_(storage_keys))
-        )
-        return set(result.scalars().all())

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path, Response
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from imagesvc.images.models import FILENAME_MAX, Image, Visibility
+
+# Longer ids are refused (422) before anything is looked up; ours are 30 characters.
+IMAGE_ID_MAX_LENGTH = 64
+ImageId = Annotated[
+    str, Path(max_length=IMAGE_ID_MAX_LENGTH, description="The image id (`img_...`).")
+]
 
 _IMAGE_EXAMPLE: dict[str, Any] = {
     "id": "img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S",
@@ -85,6 +92,14 @@ class ImageOut(BaseModel):
             created_at=image.created_at,
             links=ImageLinks.model_validate({"self": base, "content": f"{base}/content"}),
         )
+
+
+def image_response(image: Image) -> Response:
+    """An Image as JSON, exactly as FastAPI would send the response model (pydantic's JSON,
+    by alias); one function, so the fast path (web/hot_reads.py) sends the same bytes."""
+    return Response(
+        ImageOut.of(image).model_dump_json(by_alias=True), media_type="application/json"
+    )
 
 
 class ImageList(BaseModel):

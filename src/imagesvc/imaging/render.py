@@ -20,6 +20,9 @@ from PIL import Image, ImageCms, ImageOps
 
 from imagesvc.imaging import blurhash
 
+# Sources are decoded from memory, read whole; above this they are refused (the default
+# upload limit is 25 MiB, so this only bites when that limit was raised).
+MAX_SOURCE_BYTES = 64 * 1024 * 1024
 # Pillow's decompression-bomb guard stays on: configure() sets its limit to the service's
 # pixel limit, so a header that lies about its size still cannot make Pillow allocate more.
 Image.MAX_IMAGE_PIXELS = 50_000_000

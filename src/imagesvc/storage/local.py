@@ -45,6 +45,14 @@ class LocalObjectStore:
     async def start(self) -> None:
         await _io(self._ensure_dirs)
 
+    async def close(self) -> None:
+        pass  # nothing is held open between calls
+
+    async def ensure_bucket(self) -> bool:
+        created = not (self.root / INCOMING).is_dir()
+        await _io(self._ensure_dirs)
+        return created
+
     def _ensure_dirs(self) -> None:
         (self.root / INCOMING).mkdir(parents=True, exist_ok=True)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from imagesvc.errors import ServiceUnavailable
+from imagesvc.errors import PayloadTooLarge, ServiceUnavailable
 
 
 class StorageUnavailable(ServiceUnavailable):
@@ -94,6 +94,12 @@ class ObjectStore(Protocol):
     async def start(self) -> None:
         """Open clients / create directories; called once by the app lifespan."""
 
+    async def close(self) -> None:
+        """Release clients and connections; the app lifespan's last call."""
+
+    async def ensure_bucket(self) -> bool:
+        """Create the bucket (or directory) when missing; True if it was created."""
+
     async def open_write(self, key: str, *, content_type: str) -> ObjectWriter: ...
 
     async def open_read(self, key: str, byte_range: ByteRange | None = None) -> ObjectStream:
@@ -123,3 +129,15 @@ class ObjectStore(Protocol):
 
     async def ping(self) -> None:
         """Raise StorageUnavailable unless the store (and its bucket) answers."""
+
+
+async def read_object(store: ObjectStore, key: str, *, size: int, limit: int) -> bytes:
+    """An object's bytes, whole (decoders read from memory), for objects of at most `limit`
+    bytes: `size` is what the row says the object holds. Raises ObjectMissing."""
+    if size > limit:
+        raise PayloadTooLarge(f"images over {limit} bytes are not decoded")
+    stream = await store.open_read(key)
+    try:
+        return b"".join([chunk async for chunk in stream])
+    finally:
+        await stream.aclose()

@@ -22,6 +22,7 @@ import aioboto3
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from imagesvc.cache import FOREVER, TtlCache
 from imagesvc.storage.port import (
     ByteRange,
     ObjectInfo,
@@ -85,7 +86,10 @@ class S3ObjectStore:
         self.options = options
         self._stack = AsyncExitStack()
         self._client: S3Client | None = None
-        self._signed: dict[tuple[str, int], tuple[str, float]] = {}
+        # (key, ttl) -> (the URL, when it was signed); kept for the first quarter of its life.
+        self._signed: TtlCache[tuple[str, int], tuple[str, float]] = TtlCache(
+            FOREVER, _SIGNED_CACHE_MAX
+        )
 
     @property
     def client(self) -> S3Client:
@@ -268,19 +272,17 @@ class S3ObjectStore:
         URL is reused during the first quarter of its life: every answer still has at
         least three quarters of the TTL left, and repeat requests get the same URL, which
         browsers and CDNs can cache."""
-        now = time.monotonic()
         cached = self._signed.get((key, ttl))
-        if cached is not None and now - cached[1] < ttl / 4:
-            return SignedUrl(cached[0], valid_for=ttl - (now - cached[1]))
+        if cached is not None:
+            return SignedUrl(cached[0], valid_for=ttl - (time.monotonic() - cached[1]))
         url: str = await _call(
             "presign",
             self.client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl
             ),
         )
-        if len(self._signed) >= _SIGNED_CACHE_MAX:
-            self._signed.clear()
-        self._signed[(key, ttl)] = (url, now)
+        now = time.monotonic()
+        self._signed.put((key, ttl), (url, now), since=now, expires=now + ttl / 4)
         return SignedUrl(url, valid_for=ttl)
 
     async def ping(self) -> None:

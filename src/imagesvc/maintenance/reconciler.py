@@ -1,0 +1,221 @@
+"""The reconciler behind `imagesvc gc` (SPEC §4): after any crash, bring the store and the
+database back to "every object has a ready row and every ready row has its object".
+
+Passes, each bounded by `limit` items per run:
+1. Stale rows: `pending` rows whose upload stopped heart-beating (older than the upload
+   lease and the grace period) are claimed (`pending -> deleting`, so the uploader can no
+   longer make them ready), then their objects and unfinished writes are removed, then the
+   row. `deleting` rows (a delete that crashed or met a store failure) are finished the
+   same way. Variant claims (`rendering`) whose renderer died go too, with their object.
+2. Orphan objects under `<prefix>img/`: originals whose image has no row, variant objects
+   that no variant row names, older than grace by the store's LastModified. Rows are
+   always written before objects, so an object of a live upload or render has a row.
+3. Unfinished writes (S3 multipart uploads, local temp files) older than grace whose image
+   is not a live pending upload.
+4. Idempotency keys past their 24 hours.
+
+Every step is idempotent and conditional, so gc is safe alongside live traffic and
+alongside another gc: it never touches a pending row whose lease is held.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+
+from imagesvc.db import Database, utcnow
+from imagesvc.images.models import Image, ImageStatus, Variant
+from imagesvc.images.repository import ImageRepository
+from imagesvc.observability.metrics import GC_ITEMS
+from imagesvc.storage.layout import KeyLayout
+from imagesvc.storage.port import ObjectInfo, ObjectStore, UploadInfo
+from imagesvc.uploads.idempotency import IdempotentUploads
+from imagesvc.variants.repository import VariantRepository
+
+log = logging.getLogger(__name__)
+
+_PAGE = 500
+
+
+@dataclass
+class GcReport:
+    """What one run did. Each list or count is named like its `imagesvc_gc_items_total`
+    label, plural (`abandoned_uploads` counts under `kind="abandoned_upload"`)."""
+
+    dry_run: bool
+    abandoned_uploads: list[str] = field(default_factory=list)  # image ids
+    unfinished_deletes: list[str] = field(default_factory=list)  # image ids
+    orphan_objects: list[str] = field(default_factory=list)  # keys
+    abandoned_renders: list[str] = field(default_factory=list)  # keys
+    unfinished_multipart_uploads: list[str] = field(default_factory=list)  # keys
+    expired_idempotency_keys: int = 0
+    # Seen and left alone (not metrics).
+    skipped_in_flight: int = 0
+    foreign_keys: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """Metric label -> how many, for every kind of item gc removes."""
+        counts: dict[str, int] = {}
+        for item in fields(self):
+            if item.name in ("dry_run", "skipped_in_flight", "foreign_keys"):
+                continue
+            value = getattr(self, item.name)
+            counts[item.name.removesuffix("s")] = value if isinstance(value, int) else len(value)
+        return counts
+
+    def lines(self) -> list[str]:
+        verb = "would remove" if self.dry_run else "removed"
+        out = [f"{verb} abandoned upload {i}" for i in self.abandoned_uploads]
+        out += [f"{verb} objects of deleted image {i}" for i in self.unfinished_deletes]
+        out += [f"{verb} orphan object {k}" for k in self.orphan_objects]
+        out += [f"{verb} abandoned render {k}" for k in self.abandoned_renders]
+        out += [f"{verb} unfinished upload {k}" for k in self.unfinished_multipart_uploads]
+        summary = ", ".join(
+            f"{count} {label.replace('_', ' ')}s" for label, count in self.counts().items()
+        )
+        out.append(
+            f"gc {'dry run' if self.dry_run else 'done'}: {summary}; "
+            f"{self.skipped_in_flight} in flight left alone, "
+            f"{self.foreign_keys} foreign keys ignored"
+        )
+        return out
+
+
+class Reconciler:
+    def __init__(
+        self,
+        db: Database,
+        store: ObjectStore,
+        idempotency: IdempotentUploads,
+        *,
+        layout: KeyLayout,
+        lease_seconds: float,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.idempotency = idempotency
+        self.layout = layout
+        self.lease = timedelta(seconds=lease_seconds)
+
+    async def run(self, *, grace: float, limit: int = 1000, dry_run: bool = False) -> GcReport:
+        now = utcnow()
+        store_cutoff = now - timedelta(seconds=grace)
+        # A pending row is abandoned only once its lease ran out, whatever the grace.
+        row_cutoff = min(store_cutoff, now - self.lease)
+        report = GcReport(dry_run=dry_run)
+        await self._stale_rows(report, row_cutoff, limit)
+        await self._stale_renders(report, row_cutoff, limit)
+        await self._orphan_objects(report, store_cutoff, limit)
+        await self._unfinished_uploads(report, store_cutoff, row_cutoff, limit)
+        report.expired_idempotency_keys = await self.idempotency.purge_expired(
+            now=now, limit=limit, dry_run=dry_run
+        )
+        if not dry_run:
+            for kind, count in report.counts().items():
+                GC_ITEMS.labels(kind).inc(count)
+        return report
+
+    async def _stale_rows(self, report: GcReport, cutoff: datetime, limit: int) -> None:
+        rows: list[Image] = list(
+            await self.db.read(lambda tx: ImageRepository(tx).stale(before=cutoff, limit=limit))
+        )
+        for image in rows:
+            if image.status == ImageStatus.PENDING:
+                if not report.dry_run and not await self._claim(image.id, cutoff):
+                    report.skipped_in_flight += 1  # its heartbeat came back
+                    continue
+                report.abandoned_uploads.append(image.id)
+            else:
+                report.unfinished_deletes.append(image.id)
+            if not report.dry_run:
+                await self._remove(image.id)
+
+    async def _stale_renders(self, report: GcReport, cutoff: datetime, limit: int) -> None:
+        """Variant claims whose renderer died: the row goes, then its (partial) object."""
+        stale = await self.db.read(
+            lambda tx: VariantRepository(tx).stale(before=cutoff, limit=limit)
+        )
+        for variant in stale:
+            report.abandoned_renders.append(variant.storage_key)
+            if report.dry_run:
+                continue
+            if await self._remove_render(variant, cutoff):
+                await self.store.delete_keys([variant.storage_key])
+
+    async def _remove_render(self, variant: Variant, cutoff: datetime) -> bool:
+        return await self.db.run(
+            lambda tx: VariantRepository(tx).remove_stale(variant, before=cutoff)
+        )
+
+    async def _claim(self, image_id: str, cutoff: datetime) -> bool:
+        return await self.db.run(
+            lambda tx: ImageRepository(tx).claim_stale_pending(image_id, before=cutoff)
+        )
+
+    async def _remove(self, image_id: str) -> None:
+        """Unfinished writes, then objects, then the (deleting) row: if this stops half
+        way, the row is still there and the next run repeats it."""
+        prefix = self.layout.image(image_id)
+        async for upload in self.store.list_uploads(prefix):
+            await self.store.abort_upload(upload)
+        await self.store.delete_prefix(prefix)
+        await self.db.run(lambda tx: ImageRepository(tx).remove(image_id, ImageStatus.DELETING))
+
+    async def _orphan_objects(self, report: GcReport, cutoff: datetime, limit: int) -> None:
+        page: list[tuple[ObjectInfo, str, bool]] = []
+        async for info in self.store.list_objects(self.layout.root):
+            parsed = self.layout.parse(info.key)
+            if parsed is None:
+                report.foreign_keys += 1
+            elif info.last_modified < cutoff:
+                page.append((info, parsed.image_id, parsed.is_variant))
+            if len(page) >= _PAGE:
+                await self._delete_orphans(report, page)
+                page = []
+            if len(report.orphan_objects) >= limit:
+                return
+        await self._delete_orphans(report, page)
+
+    async def _delete_orphans(
+        self, report: GcReport, page: list[tuple[ObjectInfo, str, bool]]
+    ) -> None:
+        if not page:
+            return
+        ids = sorted({image_id for _, image_id, _ in page})
+        known = await self.db.read(lambda tx: ImageRepository(tx).states(ids))
+        # A variant object is referenced only by its own variant row (each render writes a
+        # fresh key); originals by their image row.
+        variant_keys = [info.key for info, _, is_variant in page if is_variant]
+        rendered = await self.db.read(lambda tx: VariantRepository(tx).known_keys(variant_keys))
+        orphans = [
+            info.key
+            for info, image_id, is_variant in page
+            if image_id not in known or (is_variant and info.key not in rendered)
+        ]
+        if orphans and not report.dry_run:
+            await self.store.delete_keys(orphans)
+        report.orphan_objects += orphans
+
+    async def _unfinished_uploads(
+        self, report: GcReport, store_cutoff: datetime, row_cutoff: datetime, limit: int
+    ) -> None:
+        candidates: list[tuple[UploadInfo, str | None]] = []
+        async for upload in self.store.list_uploads(self.layout.root):
+            if upload.initiated < store_cutoff:
+                parsed = self.layout.parse(upload.key)
+                candidates.append((upload, parsed.image_id if parsed else None))
+            if len(candidates) >= limit:
+                break
+        ids = sorted({i for _, i in candidates if i is not None})
+        known = await self.db.read(lambda tx: ImageRepository(tx).states(ids))
+        for upload, image_id in candidates:
+            state = known.get(image_id or "")
+            if state and state[0] == ImageStatus.PENDING and state[1] >= row_cutoff:
+                # A live upload: its lease is held. (Some stores report bogus Initiated
+                # times, e.g. moto's fixed 2010 date, so the row decides, not the store.)
+                report.skipped_in_flight += 1
+                continue
+            if not report.dry_run:
+                await self.store.abort_upload(upload)
+            report.unfinished_multipart_uploads.append(upload.key)

@@ -1,0 +1,134 @@
+"""Every statement on the `variants` table: a row is a claim (`rendering`, held by one
+renderer) until the rendition is stored, then `ready`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from imagesvc.db import Tx
+from imagesvc.images.models import Variant, VariantStatus
+
+
+@dataclass(frozen=True, slots=True)
+class VariantKey:
+    image_id: str
+    box_width: int
+    box_height: int
+    fit: str
+    format: str
+
+    def where(self) -> tuple[Any, ...]:
+        return (
+            Variant.image_id == self.image_id,
+            Variant.box_width == self.box_width,
+            Variant.box_height == self.box_height,
+            Variant.fit == self.fit,
+            Variant.format == self.format,
+        )
+
+
+class VariantRepository:
+    """Variant rows: `rendering` (claimed by one renderer) then `ready`."""
+
+    def __init__(self, session: Tx) -> None:
+        self.session = session
+
+    async def get(self, key: VariantKey) -> Variant | None:
+        return (
+            await self.session.execute(select(Variant).where(*key.where()))
+        ).scalar_one_or_none()
+
+    async def claim(
+        self, key: VariantKey, *, storage_key: str, now: datetime, stale_before: datetime
+    ) -> tuple[bool, Variant | None]:
+        """(True, None): ours to render. (False, row): ready, or being rendered by a live
+        renderer. A claim whose renderer went quiet is taken over. A concurrent first
+        claim surfaces as DuplicateKey from the transaction: the caller looks again."""
+        row = await self.get(key)
+        if row is None:
+            self.session.add(
+                Variant(
+                    image_id=key.image_id,
+                    box_width=key.box_width,
+                    box_height=key.box_height,
+                    fit=key.fit,
+                    format=key.format,
+                    status=VariantStatus.RENDERING,
+                    storage_key=storage_key,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            await self.session.flush()
+            return True, None
+        if row.status == VariantStatus.RENDERING and row.updated_at < stale_before:
+            result = await self.session.execute(
+                update(Variant)
+                .where(*key.where(), Variant.updated_at == row.updated_at)
+                .values(storage_key=storage_key, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount:  # type: ignore[attr-defined]
+                return True, None
+        return False, row
+
+    async def mark_ready(self, key: VariantKey, storage_key: str, **facts: object) -> bool:
+        result = await self.session.execute(
+            update(Variant)
+            .where(
+                *key.where(),
+                Variant.status == VariantStatus.RENDERING,
+                Variant.storage_key == storage_key,
+            )
+            .values(status=VariantStatus.READY, **facts)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release(self, key: VariantKey, storage_key: str) -> bool:
+        """Drop our claim; False if the row is not our claim (any more)."""
+        result = await self.session.execute(
+            delete(Variant).where(
+                *key.where(),
+                Variant.status == VariantStatus.RENDERING,
+                Variant.storage_key == storage_key,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def forget_ready(self, key: VariantKey, storage_key: str) -> None:
+        """A ready rendition whose object is gone: drop the row (only that exact one)."""
+        await self.session.execute(
+            delete(Variant).where(*key.where(), Variant.storage_key == storage_key)
+        )
+
+    async def stale(self, *, before: datetime, limit: int) -> Sequence[Variant]:
+        query = (
+            select(Variant)
+            .where(Variant.status == VariantStatus.RENDERING, Variant.updated_at < before)
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+    async def remove_stale(self, variant: Variant, *, before: datetime) -> bool:
+        result = await self.session.execute(
+            delete(Variant).where(
+                Variant.image_id == variant.image_id,
+                Variant.storage_key == variant.storage_key,
+                Variant.status == VariantStatus.RENDERING,
+                Variant.updated_at < before,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def known_keys(self, storage_keys: Sequence[str]) -> set[str]:
+        if not storage_keys:
+            return set()
+        result = await self.session.execute(
+            select(Variant.storage_key).where(Variant.storage_key.in_(storage_keys))
+        )
+        return set(result.scalars().all())

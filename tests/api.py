@@ -1,0 +1,69 @@
+"""What tests do through the HTTP API, in one place: upload, follow a redirect to the
+store, fetch content and variants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.samples import jpeg
+
+
+async def upload(
+    client: httpx.AsyncClient,
+    data: bytes | None = None,
+    *,
+    filename: str | None = None,
+    headers: dict[str, str] | None = None,
+    **params: str,
+) -> dict[str, Any]:
+    """A raw-body upload that must succeed; the Image it created."""
+    response = await post_raw(client, jpeg() if data is None else data, filename, headers, **params)
+    assert response.status_code == 201, response.text
+    image: dict[str, Any] = response.json()
+    return image
+
+
+async def post_raw(
+    client: httpx.AsyncClient,
+    data: bytes,
+    filename: str | None = None,
+    headers: dict[str, str] | None = None,
+    **params: str,
+) -> httpx.Response:
+    sent = {"Content-Type": "image/jpeg", **(headers or {})}
+    if filename is not None:
+        sent["X-Filename"] = filename
+    return await client.post("/v1/images", content=data, params=params, headers=sent)
+
+
+async def post_form(
+    client: httpx.AsyncClient, data: bytes, name: str = "photo.jpg", **form: str
+) -> httpx.Response:
+    """A multipart upload (part `file`, and `form` as text parts)."""
+    return await client.post("/v1/images", files={"file": (name, data, "image/jpeg")}, data=form)
+
+
+async def follow(response: httpx.Response) -> httpx.Response:
+    """What a client gets after following a redirect to the store (over real HTTP)."""
+    if response.status_code != 302:
+        return response
+    async with httpx.AsyncClient() as outside:
+        followed = await outside.get(response.headers["location"])
+    followed.headers["x-original-vary"] = response.headers.get("vary", "")
+    return followed
+
+
+async def fetch_content(
+    client: httpx.AsyncClient, image_id: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """GET the content, following a redirect to the signed S3 URL."""
+    return await follow(await client.get(f"/v1/images/{image_id}/content", headers=headers))
+
+
+async def variant(
+    client: httpx.AsyncClient, image_id: str, spec: str, **params: str
+) -> httpx.Response:
+    """GET a variant, following a redirect to S3 like a client would."""
+    return await follow(await client.get(f"/v1/images/{image_id}/variants/{spec}", params=params))

@@ -1,0 +1,48 @@
+"""Configuration: validated at start, one line naming the variable, never its value."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from imagesvc.config import ConfigurationError, load_settings
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"IMAGESVC_STORAGE_BACKEND": "s3"}, "IMAGESVC_S3_BUCKET is required"),
+        ({"IMAGESVC_DATABASE_URL": "not a url"}, "IMAGESVC_DATABASE_URL"),
+        ({"IMAGESVC_DATABASE_URL": "mysql://u:secretpw@h/db"}, "not supported"),
+        ({"IMAGESVC_STORAGE_BACKEND": "ftp"}, "IMAGESVC_STORAGE_BACKEND"),
+        ({"IMAGESVC_S3_PART_SIZE": "1024"}, "IMAGESVC_S3_PART_SIZE"),
+        ({"IMAGESVC_MAX_UPLOAD_BYTES": "lots"}, "IMAGESVC_MAX_UPLOAD_BYTES"),
+        ({"IMAGESVC_S3_ENDPOINT_URL": "localhost:9000"}, "IMAGESVC_S3_ENDPOINT_URL"),
+    ],
+)
+def test_invalid_configuration_exits_2_with_one_line(env: dict[str, str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "imagesvc", "serve"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "secretpw" not in result.stderr
+
+
+def test_key_prefix_gets_its_slash() -> None:
+    assert load_settings(s3_key_prefix="tenant-a").s3_key_prefix == "tenant-a/"
+    assert load_settings(s3_key_prefix="").s3_key_prefix == ""
+
+
+def test_access_key_without_secret_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="IMAGESVC_S3_SECRET_ACCESS_KEY"):
+        load_settings(s3_access_key_id="AKIA")
