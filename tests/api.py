@@ -3,6 +3,7 @@ store, fetch content and variants."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -27,7 +28,7 @@ async def upload(
 
 async def post_raw(
     client: httpx.AsyncClient,
-    data: bytes,
+    data: bytes | AsyncIterator[bytes],
     filename: str | None = None,
     headers: dict[str, str] | None = None,
     **params: str,

@@ -25,6 +25,7 @@ from alembic import command
 from imagesvc.app import create_app
 from imagesvc.cli import alembic_config
 from imagesvc.config import MIB, Settings
+from imagesvc.db import Database
 from imagesvc.images.models import Image
 from imagesvc.serving.content import ServeOptions
 from tests.services import (
@@ -246,6 +247,22 @@ def serving(app: FastAPI, **changes: Any) -> Iterator[ServeOptions]:
         yield options
     finally:
         runtime.content.options = runtime.variants.options = saved
+
+
+@pytest.fixture
+def unit_database_url(tmp_path: Path) -> str:
+    """A fresh, migrated SQLite file for one unit test."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'unit.db'}"
+    command.upgrade(alembic_config(url), "head")  # runs its own event loop: not in one
+    return url
+
+
+@pytest.fixture
+async def unit_db(unit_database_url: str) -> AsyncIterator[Database]:
+    """The database gateway on a fresh SQLite file, for unit tests of one protocol."""
+    database = Database.from_settings(Settings(database_url=unit_database_url))
+    yield database
+    await database.dispose()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from imagesvc.app import create_app
 from imagesvc.config import MIB, Settings
 from imagesvc.storage.port import ObjectWriter
+from tests.api import post_raw
 from tests.conftest import client_for, s3_settings
 from tests.consistency import assert_consistent, open_uploads, rows, settings_env
 from tests.samples import jpeg
@@ -102,12 +103,6 @@ def services_running(fault_db: MariaDB, fault_s3: Process) -> Iterator[None]:
         fault_s3.start()
 
 
-async def upload(client: httpx.AsyncClient, data: bytes, **headers: str) -> httpx.Response:
-    return await client.post(
-        "/v1/images", content=data, headers={"Content-Type": "image/jpeg", **headers}
-    )
-
-
 def big_image(mib: int) -> bytes:
     return jpeg() + os.urandom(mib * MIB)
 
@@ -125,7 +120,7 @@ async def test_store_down_before_upload_is_503_then_recovers(
 ) -> None:
     promised: dict[str, bytes] = {}
     fault_s3.stop()
-    refused = await upload(client, jpeg())
+    refused = await post_raw(client, jpeg())
     assert refused.status_code == 503
     assert refused.headers["retry-after"]
     assert refused.json()["code"] == "storage_unavailable"
@@ -136,7 +131,7 @@ async def test_store_down_before_upload_is_503_then_recovers(
 
     fault_s3.start()  # no restart of the service: it recovers by itself
     data = jpeg(color=(1, 2, 3))
-    created = await upload(client, data)
+    created = await post_raw(client, data)
     assert created.status_code == 201
     promised[created.json()["id"]] = data
     assert (await client.get("/readyz")).status_code == 200
@@ -168,8 +163,8 @@ async def test_store_down_during_delete_is_finished_by_gc(
     client: httpx.AsyncClient, fault_s3: Process, fault_settings: Settings
 ) -> None:
     keep, doomed = jpeg(color=(9, 9, 9)), jpeg(color=(200, 0, 0))
-    kept = (await upload(client, keep)).json()["id"]
-    image_id = (await upload(client, doomed)).json()["id"]
+    kept = (await post_raw(client, keep)).json()["id"]
+    image_id = (await post_raw(client, doomed)).json()["id"]
     fault_s3.stop()
     deleted = await client.delete(f"/v1/images/{image_id}")
     assert deleted.status_code == 204  # gone for the client at once
@@ -190,7 +185,7 @@ async def test_database_down_before_upload_is_503_and_writes_nothing(
 ) -> None:
     before = set(await _object_keys(fault_settings))
     fault_db.stop()
-    refused = await upload(client, jpeg())
+    refused = await post_raw(client, jpeg())
     assert refused.status_code == 503
     assert refused.json()["code"] == "database_unavailable"
     assert refused.headers["retry-after"]
@@ -201,7 +196,7 @@ async def test_database_down_before_upload_is_503_and_writes_nothing(
 
     fault_db.start()
     data = jpeg(color=(4, 5, 6))
-    created = await upload(client, data)  # the pool recovers without a restart
+    created = await post_raw(client, data)  # the pool recovers without a restart
     assert created.status_code == 201
     await assert_consistent(fault_settings, {created.json()["id"]: data})
 
@@ -234,7 +229,7 @@ async def test_database_down_after_the_object_write(
 
     ingest.store = _Patched(ingest.store, open_write=open_write)
     try:
-        response = await upload(client, big_image(6))
+        response = await post_raw(client, big_image(6))
     finally:
         ingest.store = ingest.store.inner
     assert response.status_code == 503

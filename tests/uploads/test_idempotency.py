@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from sqlalchemy import update
 
 from imagesvc.images.models import IdempotencyRecord
+from tests.api import post_raw
 from tests.conftest import Inspector, client_for
 from tests.samples import jpeg
 
@@ -20,11 +21,7 @@ from tests.samples import jpeg
 async def post(
     client: httpx.AsyncClient, data: bytes | AsyncIterator[bytes], key: str, name: str = "a.jpg"
 ) -> httpx.Response:
-    return await client.post(
-        "/v1/images",
-        content=data,
-        headers={"Content-Type": "image/jpeg", "Idempotency-Key": key, "X-Filename": name},
-    )
+    return await post_raw(client, data, name, headers={"Idempotency-Key": key})
 
 
 async def test_same_request_same_response_nothing_new(

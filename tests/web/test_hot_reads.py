@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagesvc.config import Settings
 from imagesvc.web.context import RequestContextMiddleware
+from tests.api import upload
 from tests.conftest import serving
 from tests.samples import jpeg
 
@@ -84,18 +85,8 @@ async def test_hot_reads_answer_like_the_framework(
     as_bob = {"Authorization": f"Bearer {bob.key}"}
     data = jpeg((64, 48))
 
-    async def upload(**params: str) -> str:
-        created = await anonymous.post(
-            "/v1/images",
-            content=data,
-            params=params,
-            headers={**as_alice, "Content-Type": "image/jpeg"},
-        )
-        assert created.status_code == 201, created.text
-        image_id: str = created.json()["id"]
-        return image_id
-
-    private, public = await upload(), await upload(visibility="public")
+    private = (await upload(anonymous, data, headers=as_alice))["id"]
+    public = (await upload(anonymous, data, headers=as_alice, visibility="public"))["id"]
     missing = "img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S"
     cases: list[tuple[str, dict[str, str], int]] = [
         (f"/v1/images/{private}", as_alice, 200),

@@ -1,0 +1,81 @@
+"""The render-once claim (variants/repository.py) on a real SQLite database, step by step:
+who renders, who waits, who takes over a dead renderer, and who may finish or release."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from imagesvc.db import Database, DuplicateKey, utcnow
+from imagesvc.images.models import Variant, VariantStatus
+from imagesvc.variants.repository import VariantKey, VariantRepository
+
+KEY = VariantKey("img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S", 64, 64, "cover", "webp")
+LEASE = timedelta(seconds=60)
+
+
+async def claim(
+    db: Database, storage_key: str, *, now_offset: float = 0
+) -> tuple[bool, str | None]:
+    now = utcnow() + timedelta(seconds=now_offset)
+
+    async def work(tx: object) -> tuple[bool, str | None]:
+        won, row = await VariantRepository(tx).claim(  # type: ignore[arg-type]
+            KEY, storage_key=storage_key, now=now, stale_before=now - LEASE
+        )
+        return won, None if row is None else row.status
+
+    return await db.run(work)
+
+
+async def test_the_first_claim_renders_and_the_others_wait(unit_db: Database) -> None:
+    assert await claim(unit_db, "k/first") == (True, None)
+    assert await claim(unit_db, "k/second") == (False, VariantStatus.RENDERING)
+
+
+async def test_a_second_first_claim_meets_the_primary_key(unit_db: Database) -> None:
+    """Two processes that both found no row both INSERT: the second INSERT reaches the
+    service as DuplicateKey (it then looks again), never as a 500."""
+    assert (await claim(unit_db, "k/a"))[0]
+
+    async def insert_again(tx: object) -> None:
+        now = utcnow()
+        tx.add(  # type: ignore[attr-defined]  # what claim() inserts when it saw no row
+            Variant(
+                image_id=KEY.image_id,
+                box_width=KEY.box_width,
+                box_height=KEY.box_height,
+                fit=KEY.fit,
+                format=KEY.format,
+                status=VariantStatus.RENDERING,
+                storage_key="k/b",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+    with pytest.raises(DuplicateKey):
+        await unit_db.run(insert_again)
+
+
+async def test_a_claim_whose_renderer_went_quiet_is_taken_over(unit_db: Database) -> None:
+    assert (await claim(unit_db, "k/dead"))[0]
+    # Past the lease: the next renderer takes it over, with its own key.
+    assert await claim(unit_db, "k/alive", now_offset=LEASE.total_seconds() + 1) == (True, None)
+
+    async def mark(storage_key: str) -> bool:
+        return await unit_db.run(
+            lambda tx: VariantRepository(tx).mark_ready(KEY, storage_key, updated_at=utcnow())
+        )
+
+    assert not await mark("k/dead")  # the dead renderer's late finish changes nothing
+    assert await mark("k/alive")
+    assert await claim(unit_db, "k/later") == (False, VariantStatus.READY)
+
+
+async def test_only_the_holder_releases_its_claim(unit_db: Database) -> None:
+    assert (await claim(unit_db, "k/mine"))[0]
+    assert not await unit_db.run(lambda tx: VariantRepository(tx).release(KEY, "k/other"))
+    assert await unit_db.run(lambda tx: VariantRepository(tx).release(KEY, "k/mine"))
+    assert (await claim(unit_db, "k/next"))[0]  # free again
