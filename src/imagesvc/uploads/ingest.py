@@ -168,15 +168,13 @@ class Ingest:
             image.visibility = request.chosen_visibility()  # a field may follow the file
             confirmed = await writer.complete()
             await self._verify_stored(image, upload.size, confirmed)
-            image.byte_size = upload.size
-            if self.placeholders is not None:
-                source = b"".join(inline) if inline is not None else None
-                placeholder = await self.placeholders.make(image, source)
-                if placeholder is not None:
-                    image.blurhash = placeholder.blurhash
-                    image.dominant_color = placeholder.dominant_color
-            await _stop(heartbeat, stop_heartbeat)
-            await self._mark_ready(image, upload, hooks)
+            await self.make_ready(
+                image,
+                upload,
+                b"".join(inline) if inline is not None else None,
+                hooks,
+                before_commit=lambda: _stop(heartbeat, stop_heartbeat),
+            )
         except BaseException:
             await _stop(heartbeat, stop_heartbeat)
             # Shielded: a cancelled request still cleans up (gc is the net if this fails).
@@ -197,6 +195,30 @@ class Ingest:
         if confirmed != size:
             log.error("store lost or truncated upload %s", image.id)
             raise StorageUnavailable("the object store did not keep the upload; retry it")
+
+    async def make_ready(
+        self,
+        image: Image,
+        upload: MeasuredUpload,
+        source: bytes | None,
+        hooks: UploadHooks | None = None,
+        *,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """The last step of every upload protocol, once the object is durable and
+        `upload` measured every byte of it: the placeholder (from `source`, the bytes when
+        they were kept, else read back from the store), then `pending -> ready` with the
+        facts, in one transaction with `hooks.on_ready`. Raises ServiceUnavailable when the
+        row is no longer pending (gc reclaimed it): the caller must not promise anything."""
+        image.byte_size = upload.size
+        if self.placeholders is not None:
+            placeholder = await self.placeholders.make(image, source)
+            if placeholder is not None:
+                image.blurhash = placeholder.blurhash
+                image.dominant_color = placeholder.dominant_color
+        if before_commit is not None:
+            await before_commit()
+        await self._mark_ready(image, upload, hooks or UploadHooks())
 
     async def _mark_ready(self, image: Image, upload: MeasuredUpload, hooks: UploadHooks) -> None:
         now = utcnow()
