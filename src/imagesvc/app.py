@@ -97,7 +97,6 @@ def build_image_service(
             max_upload_bytes=settings.max_upload_bytes,
             max_pixels=settings.max_pixels,
             header_budget=max(settings.s3_part_size, 8 * MIB),
-            allow_heic=heic_decoder_installed(),
             lease_seconds=settings.upload_lease_seconds,
         ),
         serve=ServeOptions(

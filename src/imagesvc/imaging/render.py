@@ -3,7 +3,10 @@
 Callers run them in a worker thread (Pillow releases the GIL while decoding, resampling and
 encoding). Every output is oriented by its EXIF tag, converted to sRGB, and carries no
 metadata but an sRGB colour profile (GPS, camera and EXIF data never leave). Animated
-images render their first frame.
+images render their first frame, HEIF files their primary image.
+
+HEIC/HEIF is decoded by pi-heif (libheif + libde265), registered with Pillow when this module
+is imported, so every process and thread that renders or makes placeholders can open it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
+import pi_heif
 from PIL import Image, ImageCms, ImageOps
 
 from imagesvc.imaging import blurhash
+
+# Pillow's own plugins first: its AVIF plugin must stay ahead of the HEIF opener, which also
+# claims `mif1`-branded files (many AVIFs) but has no AV1 decoder. The HEIF opener converts
+# 10/12-bit images to 8 bits per channel and applies irot/imir (see _orientation_applies).
+Image.init()
+pi_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 # Pillow's decompression-bomb guard stays on: configure() sets its limit to the service's
 # pixel limit, so a header that lies about its size still cannot make Pillow allocate more.
@@ -92,7 +102,7 @@ def target_size(source: tuple[int, int], box: tuple[int, int], fit: Fit) -> tupl
 
 def render(source: bytes, box: tuple[int, int], fit: Fit, output: OutputFormat) -> Rendered:
     with _decoding(), Image.open(io.BytesIO(source)) as image:
-        image.seek(0)  # animated: the first frame
+        _first_frame(image)
         oriented = _oriented_size(image)
         width, height = target_size(oriented, box, fit)
         # JPEG: let libjpeg decode at 1/2, 1/4 or 1/8 scale, still at least the target size
@@ -120,7 +130,7 @@ def placeholder(source: bytes) -> Placeholder:
     """Blurhash (4x3 components) and dominant colour, from a draft decode (JPEG decodes
     at 1/8 scale) shrunk to 32 pixels before anything else is done to it."""
     with _decoding(), Image.open(io.BytesIO(source)) as image:
-        image.seek(0)
+        _first_frame(image)
         image.draft("RGB", (64, 64))
         image.thumbnail((64, 64), Image.Resampling.BOX)  # in place, before any copy
         small, icc = _prepared(image)
@@ -149,7 +159,23 @@ def _decoding() -> Iterator[None]:
         raise RenderError("the stored image cannot be decoded") from exc
 
 
+def _first_frame(image: Image.Image) -> None:
+    """Animated images render their first frame. A HEIF opens on its primary image, which
+    need not be its first: it stays there."""
+    if image.format != "HEIF":
+        image.seek(0)
+
+
+def _orientation_applies(image: Image.Image) -> bool:
+    """A HEIF's orientation is its irot/imir boxes, which libheif has already applied while
+    decoding; the EXIF orientation in a HEIF only repeats them (an iPhone writes both), so
+    applying it as well would turn the picture twice. (pi-heif also resets that tag to 1.)"""
+    return image.format != "HEIF"
+
+
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    if not _orientation_applies(image):
+        return image.size
     if image.format == "PNG":
         # getexif() on a PNG decodes the whole image to look for a trailing eXIf chunk;
         # an eXIf chunk before the pixels is in `info` already (and transposing after the
@@ -168,7 +194,8 @@ def _prepared(image: Image.Image) -> tuple[Image.Image, bytes | None]:
     """Decoded, oriented, in RGB or RGBA, with no metadata attached; and the source's ICC
     profile, for `_to_srgb` once the picture is small."""
     image.load()
-    ImageOps.exif_transpose(image, in_place=True)  # no copy of a full-size image
+    if _orientation_applies(image):
+        ImageOps.exif_transpose(image, in_place=True)  # no copy of a full-size image
     icc = image.info.get("icc_profile")
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (
         image.mode == "P" and "transparency" in image.info
