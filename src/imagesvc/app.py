@@ -81,7 +81,7 @@ def build_store(settings: Settings) -> LocalObjectStore | S3ObjectStore:
 def heic_decoder_installed() -> bool:
     from importlib.util import find_spec
 
-    return find_spec("pillow_heif") is not None
+    return find_spec("pi_heif") is not None
 
 
 def build_image_service(
