@@ -29,7 +29,7 @@ from PIL import Image
 
 from imagesvc.app import create_app
 from imagesvc.config import Settings
-from imagesvc.imaging.probe import StreamProbe
+from imagesvc.imaging.probe import MAX_ITEMS, NotAnImage, StreamProbe
 from tests.images import encode
 from tests.services import BIN, create_key, start_imagesvc
 
@@ -295,6 +295,22 @@ def test_probe_limits_the_coded_size_not_the_cropped_one() -> None:
     assert stream.info is not None
     assert (stream.info.width, stream.info.height) == (321, 241)
     assert stream.info.pixels >= 40_000 * 40_000
+
+
+def test_probe_refuses_a_meta_box_of_too_many_items() -> None:
+    # libheif refuses more than 1,000 items; walking a 4 MiB meta box of tiny entries would
+    # otherwise cost the event loop about half a second.
+    def box(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I4s", 8 + len(body), kind) + body
+
+    count = MAX_ITEMS + 1
+    entries = b"".join(struct.pack(">HB", item, 0) for item in range(1, count + 1))
+    ipma = box(b"ipma", b"\x00" * 4 + struct.pack(">I", count) + entries)
+    ispe = box(b"ispe", b"\x00" * 4 + struct.pack(">II", 64, 64))
+    meta = box(b"meta", b"\x00" * 4 + box(b"iprp", box(b"ipco", ispe) + ipma))
+    ftyp = box(b"ftyp", b"heic\x00\x00\x00\x00mif1heic")
+    with pytest.raises(NotAnImage, match="too many items"):
+        probe(ftyp + meta)
 
 
 # --- uploads, placeholders and variants through the API --------------------------------------

@@ -12,8 +12,9 @@ Each format is a sans-IO generator: it yields `_Read(n)` to receive exactly n by
 
 from __future__ import annotations
 
+import itertools
 import struct
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 
 # A single header structure larger than this is refused: real headers are far smaller, and
@@ -453,6 +454,10 @@ _IMAGE_ITEMS = frozenset(
     | {b"j2k1", b"mski"}
 )
 _HEVC_ITEMS = frozenset({None, b"hvc1", b"grid", b"iden", b"iovl"})  # None: infe v0/v1
+# Items, properties or references one file may have: libheif refuses files with more than
+# 1,000 items, and the bound keeps a hostile 4 MiB `meta` from costing the event loop a
+# fraction of a second per upload.
+MAX_ITEMS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,15 +472,16 @@ def _meta_items(meta_body: bytes, *, transformed: bool) -> _MetaItems:
     """The facts of a HEIF/AVIF `meta` box: which item is primary (pitm), what each item is
     (iinf), how they refer to each other (iref), and their properties (iprp: ipco + ipma).
     A file whose structure cannot be followed falls back to its largest `ispe`, one image."""
-    properties = _find(meta_body, b"iprp", b"ipco")
-    ipco = [kind_body for body in properties for kind_body in _boxes(body)]
+    meta = _bounded(_boxes(meta_body))
+    iprp = _bounded(box for kind, body in meta if kind == b"iprp" for box in _boxes(body))
+    ipco = _bounded(box for kind, body in iprp if kind == b"ipco" for box in _boxes(body))
     sizes = [size for kind, body in ipco if kind == b"ispe" and (size := _ispe(body))]
     coded = max((w * h for w, h in sizes), default=0)
     try:
-        primary = _pitm(meta_body)
-        items = _iinf(meta_body)
-        refs = _iref(meta_body)
-        associations = _ipma(meta_body)
+        primary = _pitm(meta)
+        items = _iinf(meta)
+        refs = _iref(meta)
+        associations = _ipma(iprp)
     except (struct.error, IndexError):
         primary, items, refs, associations = None, {}, [], {}
     chain = [ipco[i - 1] for i in associations.get(primary or 0, []) if 0 < i <= len(ipco)]
@@ -496,6 +502,17 @@ def _meta_items(meta_body: bytes, *, transformed: bool) -> _MetaItems:
         if item_type in _IMAGE_ITEMS and not hidden and item not in dependent
     }
     return _MetaItems(size, coded, len(top_level | {primary}), items.get(primary, (None,))[0])
+
+
+def _bounded(boxes: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    found = list(itertools.islice(boxes, MAX_ITEMS + 1))
+    _check_count(len(found))
+    return found
+
+
+def _check_count(count: int) -> None:
+    if count > MAX_ITEMS:
+        raise NotAnImage("the image container has too many items")
 
 
 def _ispe(body: bytes) -> tuple[int, int] | None:
@@ -519,30 +536,30 @@ def _transformed(size: tuple[int, int], chain: list[tuple[bytes, bytes]]) -> tup
     return width, height
 
 
-def _full_box(meta_body: bytes, kind: bytes) -> tuple[int, bytes] | None:
+def _full_box(boxes: list[tuple[bytes, bytes]], kind: bytes) -> tuple[int, bytes] | None:
     """(version, body after version and flags) of the first box of this kind."""
-    found = _find(meta_body, kind)
-    if not found or len(found[0]) < 4:
+    body = next((body for found, body in boxes if found == kind), None)
+    if body is None or len(body) < 4:
         return None
-    return found[0][0], found[0][4:]
+    return body[0], body[4:]
 
 
-def _pitm(meta_body: bytes) -> int | None:
-    box = _full_box(meta_body, b"pitm")
+def _pitm(meta: list[tuple[bytes, bytes]]) -> int | None:
+    box = _full_box(meta, b"pitm")
     if box is None:
         return None
     version, body = box
     return int(struct.unpack_from(">H" if version == 0 else ">I", body)[0])
 
 
-def _iinf(meta_body: bytes) -> dict[int, tuple[bytes | None, bool]]:
+def _iinf(meta: list[tuple[bytes, bytes]]) -> dict[int, tuple[bytes | None, bool]]:
     """Item id -> (item type, hidden); infe versions 0 and 1 carry no type."""
-    box = _full_box(meta_body, b"iinf")
+    box = _full_box(meta, b"iinf")
     if box is None:
         return {}
     version, body = box
     items: dict[int, tuple[bytes | None, bool]] = {}
-    for kind, infe in _boxes(body[2 if version == 0 else 4 :]):
+    for kind, infe in _bounded(_boxes(body[2 if version == 0 else 4 :])):
         if kind != b"infe" or len(infe) < 4:
             continue
         infe_version, hidden = infe[0], bool(infe[3] & 0x01)
@@ -556,45 +573,52 @@ def _iinf(meta_body: bytes) -> dict[int, tuple[bytes | None, bool]]:
     return items
 
 
-def _iref(meta_body: bytes) -> list[tuple[bytes, int, list[int]]]:
+def _iref(meta: list[tuple[bytes, bytes]]) -> list[tuple[bytes, int, list[int]]]:
     """(reference type, from item, to items) of every item reference."""
-    box = _full_box(meta_body, b"iref")
+    box = _full_box(meta, b"iref")
     if box is None:
         return []
     version, body = box
     width, code = (2, ">H") if version == 0 else (4, ">I")
     refs = []
-    for kind, ref in _boxes(body):
+    total = 0
+    for kind, ref in _bounded(_boxes(body)):
         source = struct.unpack_from(code, ref)[0]
         count = struct.unpack_from(">H", ref, width)[0]
+        total += count
+        _check_count(total)
         targets = [struct.unpack_from(code, ref, width + 2 + i * width)[0] for i in range(count)]
         refs.append((kind, int(source), [int(t) for t in targets]))
     return refs
 
 
-def _ipma(meta_body: bytes) -> dict[int, list[int]]:
+def _ipma(iprp: list[tuple[bytes, bytes]]) -> dict[int, list[int]]:
     """Item id -> the 1-based ipco indexes of its properties, in their order."""
     associations: dict[int, list[int]] = {}
-    for iprp in _find(meta_body, b"iprp"):
-        for ipma in _find(iprp, b"ipma"):
-            version, flags = ipma[0], ipma[3]
-            pos, (count,) = 8, struct.unpack_from(">I", ipma, 4)
-            for _ in range(count):
-                if version < 1:
-                    item = struct.unpack_from(">H", ipma, pos)[0]
+    total = 0
+    for kind, ipma in iprp:
+        if kind != b"ipma":
+            continue
+        version, flags = ipma[0], ipma[3]
+        pos, (count,) = 8, struct.unpack_from(">I", ipma, 4)
+        total += count
+        _check_count(total)
+        for _ in range(count):
+            if version < 1:
+                item = struct.unpack_from(">H", ipma, pos)[0]
+                pos += 2
+            else:
+                item = struct.unpack_from(">I", ipma, pos)[0]
+                pos += 4
+            indexes = associations.setdefault(int(item), [])
+            entries, pos = ipma[pos], pos + 1
+            for _ in range(entries):  # the top bit of each says "essential"
+                if flags & 0x01:
+                    indexes.append(struct.unpack_from(">H", ipma, pos)[0] & 0x7FFF)
                     pos += 2
                 else:
-                    item = struct.unpack_from(">I", ipma, pos)[0]
-                    pos += 4
-                indexes = associations.setdefault(int(item), [])
-                entries, pos = ipma[pos], pos + 1
-                for _ in range(entries):  # the top bit of each says "essential"
-                    if flags & 0x01:
-                        indexes.append(struct.unpack_from(">H", ipma, pos)[0] & 0x7FFF)
-                        pos += 2
-                    else:
-                        indexes.append(ipma[pos] & 0x7F)
-                        pos += 1
+                    indexes.append(ipma[pos] & 0x7F)
+                    pos += 1
     return associations
 
 
