@@ -9,10 +9,13 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 COPY alembic ./alembic
 # Every dependency ships manylinux wheels, so no compiler is needed even here; the install
-# goes into a virtualenv that the runtime stage copies as a whole.
+# goes into a virtualenv that the runtime stage copies as a whole. pi-heif (HEIC decoding)
+# is one of them: its wheel bundles libheif and libde265. The last line fails the build if
+# the imaging stack (Pillow + the HEIF opener) cannot load on this base.
 RUN python -m venv /opt/imagesvc \
  && /opt/imagesvc/bin/pip install --upgrade pip \
- && /opt/imagesvc/bin/pip install .
+ && /opt/imagesvc/bin/pip install . \
+ && /opt/imagesvc/bin/python -c "import imagesvc.imaging.render; from PIL import Image; assert 'HEIF' in Image.OPEN"
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ENV PATH=/opt/imagesvc/bin:$PATH \

@@ -57,12 +57,6 @@ def key_layout(settings: Settings) -> KeyLayout:
     return KeyLayout(settings.s3_key_prefix if settings.storage_backend == "s3" else "")
 
 
-def heic_decoder_installed() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("pillow_heif") is not None
-
-
 class Runtime:
     """Attributes are set by `open()`; the services, in the order they are built."""
 
@@ -143,7 +137,6 @@ class Runtime:
                 max_upload_bytes=settings.max_upload_bytes,
                 max_pixels=settings.max_pixels,
                 header_budget=max(settings.s3_part_size, 8 * MIB),
-                allow_heic=heic_decoder_installed(),
                 lease_seconds=settings.upload_lease_seconds,
             ),
             layout=layout,

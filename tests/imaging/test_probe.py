@@ -89,7 +89,7 @@ def test_claimed_size_is_read_without_decoding() -> None:
         b"\x89PNG\r\n\x1a\n" + struct.pack(">I4s", 13, b"IHDR") + b"\x00" * 17,  # 0x0
         b"RIFF\x10\x00\x00\x00WEBPVP8 \x04\x00\x00\x00\x00\x00\x00\x00" + b"\x00" * 16,
         b"\x00\x00\x00\x18ftypisom\x00\x00\x00\x00isommp41" + b"\x00" * 32,  # an MP4
-        b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 32,  # no decoder
+        b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 32,  # no meta box
     ],
 )
 def test_not_images(data: bytes) -> None:

@@ -3,7 +3,10 @@
 Callers run them in a worker thread (Pillow releases the GIL while decoding, resampling and
 encoding). Every output is oriented by its EXIF tag, converted to sRGB, and carries no
 metadata but an sRGB colour profile (GPS, camera and EXIF data never leave). Animated
-images render their first frame.
+images render their first frame, HEIF files their primary image.
+
+HEIC/HEIF is decoded by pi-heif (libheif + libde265), registered with Pillow when this module
+is imported, so every process and thread that renders or makes placeholders can open it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
+import pi_heif
 from PIL import Image, ImageCms, ImageOps
 
 from imagesvc.imaging import blurhash
@@ -23,6 +27,12 @@ from imagesvc.imaging import blurhash
 # Sources are decoded from memory, read whole; above this they are refused (the default
 # upload limit is 25 MiB, so this only bites when that limit was raised).
 MAX_SOURCE_BYTES = 64 * 1024 * 1024
+# Pillow's own plugins first: its AVIF plugin must stay ahead of the HEIF opener, which also
+# claims `mif1`-branded files (many AVIFs) but has no AV1 decoder. The HEIF opener converts
+# 10/12-bit images to 8 bits per channel and applies irot/imir itself (see _frame).
+Image.init()
+pi_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
 # Pillow's decompression-bomb guard stays on: configure() sets its limit to the service's
 # pixel limit, so a header that lies about its size still cannot make Pillow allocate more.
 Image.MAX_IMAGE_PIXELS = 50_000_000
@@ -94,9 +104,9 @@ def target_size(source: tuple[int, int], box: tuple[int, int], fit: Fit) -> tupl
 
 
 def render(source: bytes, box: tuple[int, int], fit: Fit, output: OutputFormat) -> Rendered:
-    with _decoding(), Image.open(io.BytesIO(source)) as image:
-        image.seek(0)  # animated: the first frame
-        oriented = _oriented_size(image)
+    with _decoding(), Image.open(io.BytesIO(source)) as opened:
+        image, exif_orientation = _frame(opened)
+        oriented = _oriented_size(image) if exif_orientation else image.size
         width, height = target_size(oriented, box, fit)
         # JPEG: let libjpeg decode at 1/2, 1/4 or 1/8 scale, still at least the target size
         # (for cover: at least the crop's scale). Draft sizes are in stored orientation.
@@ -105,7 +115,7 @@ def render(source: bytes, box: tuple[int, int], fit: Fit, output: OutputFormat) 
         if image.size != oriented:
             need = (need[1], need[0])
         image.draft("RGB", need)
-        picture, icc = _prepared(image)
+        picture, icc = _prepared(image, exif_orientation)
         if fit is Fit.COVER:
             picture = ImageOps.fit(picture, (width, height), Image.Resampling.LANCZOS)
         else:
@@ -122,11 +132,11 @@ def render(source: bytes, box: tuple[int, int], fit: Fit, output: OutputFormat) 
 def placeholder(source: bytes) -> Placeholder:
     """Blurhash (4x3 components) and dominant colour, from a draft decode (JPEG decodes
     at 1/8 scale) shrunk to 32 pixels before anything else is done to it."""
-    with _decoding(), Image.open(io.BytesIO(source)) as image:
-        image.seek(0)
+    with _decoding(), Image.open(io.BytesIO(source)) as opened:
+        image, exif_orientation = _frame(opened)
         image.draft("RGB", (64, 64))
         image.thumbnail((64, 64), Image.Resampling.BOX)  # in place, before any copy
-        small, icc = _prepared(image)
+        small, icc = _prepared(image, exif_orientation)
         small.thumbnail((32, 32), Image.Resampling.BILINEAR)
         small = _on_white(_to_srgb(small, icc))
         # 4x3 components need no more than ~20 pixels a side.
@@ -152,6 +162,25 @@ def _decoding() -> Iterator[None]:
         raise RenderError("the stored image cannot be decoded") from exc
 
 
+def _frame(image: Image.Image) -> tuple[Image.Image, bool]:
+    """The picture to render, and whether its EXIF orientation is still to be applied.
+
+    Animated images render their first frame. A HEIF opens on its primary image, which need
+    not be its first, and stays there. Its orientation is its irot/imir boxes, which libheif
+    applies while decoding; the EXIF orientation of a HEIF only repeats them (an iPhone
+    writes both), so applying it too would turn the picture twice (pi-heif also resets the
+    tag to 1). pi-heif decodes a multi-image file's frame again on every load(), which fails
+    once the picture was shrunk in place: such a file is decoded once, here, and detached.
+    """
+    if image.format != "HEIF":
+        image.seek(0)
+        return image, True
+    if getattr(image, "n_frames", 1) > 1:
+        image.load()
+        return image.copy(), False
+    return image, False
+
+
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
     if image.format == "PNG":
         # getexif() on a PNG decodes the whole image to look for a trailing eXIf chunk;
@@ -167,11 +196,12 @@ def _oriented_size(image: Image.Image) -> tuple[int, int]:
     return (image.height, image.width) if orientation in _TRANSPOSED else image.size
 
 
-def _prepared(image: Image.Image) -> tuple[Image.Image, bytes | None]:
+def _prepared(image: Image.Image, exif_orientation: bool) -> tuple[Image.Image, bytes | None]:
     """Decoded, oriented, in RGB or RGBA, with no metadata attached; and the source's ICC
     profile, for `_to_srgb` once the picture is small."""
     image.load()
-    ImageOps.exif_transpose(image, in_place=True)  # no copy of a full-size image
+    if exif_orientation:
+        ImageOps.exif_transpose(image, in_place=True)  # no copy of a full-size image
     icc = image.info.get("icc_profile")
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (
         image.mode == "P" and "transparency" in image.info

@@ -51,7 +51,6 @@ class UploadLimits:
     max_pixels: int
     # Bytes we may hold while looking for the image header, before anything is written.
     header_budget: int
-    allow_heic: bool = False
     # A pending row not refreshed for this long belongs to a dead upload.
     lease_seconds: float = 60.0
 
@@ -291,7 +290,7 @@ class MeasuredUpload:
 
     def __init__(self, limits: UploadLimits) -> None:
         self.limits = limits
-        self.probe = StreamProbe(allow_heic=limits.allow_heic)
+        self.probe = StreamProbe()
         self._hash = hashlib.sha256()
         self.size = 0
 

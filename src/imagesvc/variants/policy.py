@@ -29,6 +29,11 @@ class VariantPolicy:
         return box
 
 
+# Sources whose `auto` rendition is a JPEG (HEIC is never offered as output: only Safari
+# shows it).
+_PHOTO_TYPES = frozenset({"image/jpeg", "image/heic", "image/heif"})
+
+
 def choose_format(requested: str, accept: str | None, source_type: str) -> OutputFormat:
     """`auto`: AVIF if the client says it takes it, then WebP, then the source's family
     (JPEG for photos, PNG for everything that may carry transparency). Wildcards do not
@@ -40,7 +45,7 @@ def choose_format(requested: str, accept: str | None, source_type: str) -> Outpu
         return OutputFormat.AVIF
     if "image/webp" in accepted:
         return OutputFormat.WEBP
-    return OutputFormat.JPEG if source_type in ("image/jpeg", "image/heic") else OutputFormat.PNG
+    return OutputFormat.JPEG if source_type in _PHOTO_TYPES else OutputFormat.PNG
 
 
 def _accepted(accept: str | None) -> set[str]:
