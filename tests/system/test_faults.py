@@ -224,8 +224,9 @@ async def test_database_down_after_the_object_write(
     ingest = fault_app.state.runtime.uploads.ingest
     real_open = ingest.store.open_write
 
-    async def open_write(key: str, *, content_type: str) -> ObjectWriter:
-        return _AfterComplete(await real_open(key, content_type=content_type), fault_db.stop)
+    async def open_write(key: str, *, content_type: str, size: int | None = None) -> ObjectWriter:
+        writer = await real_open(key, content_type=content_type, size=size)
+        return _AfterComplete(writer, fault_db.stop)
 
     ingest.store = _Patched(ingest.store, open_write=open_write)
     try:
