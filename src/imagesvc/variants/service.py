@@ -216,6 +216,10 @@ class VariantService:
             # removes the rows). A delete that starts after this look lists the object and
             # removes it itself. Either way, nothing of the image outlives the answers.
             if not await self.images.still_viewable(viewer=image.owner, image_id=image.id):
+                # Our row may be ready already (the delete removes it with the image's):
+                # it goes, and our object with it, whatever the row says.
+                await asyncio.shield(self._forget(key, storage_key))
+                written = False
                 raise NotFound(f"no image {image.id}")
             if not marked:
                 raise ServiceUnavailable("the variant was taken over by another renderer")
@@ -236,6 +240,11 @@ class VariantService:
             created_at=facts["updated_at"],
             **facts,
         )
+
+    async def _forget(self, key: VariantKey, storage_key: str) -> None:
+        """The image went while we rendered: drop our row and our object."""
+        await self.db.run(lambda tx: VariantRepository(tx).forget_ready(key, storage_key))
+        await self.store.delete_keys([storage_key])
 
     async def _release(self, key: VariantKey, storage_key: str, written: bool) -> None:
         """Undo a failed render: our claim goes, and only then our object, once no row
