@@ -257,7 +257,10 @@ def redis_server_binary() -> str:
     """`redis-server`, installed from Debian's packages when the machine lacks it."""
     found = shutil.which("redis-server")
     if found is None:
-        subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=True)
+        install = ["apt-get", "install", "-y", "-q", "redis-server"]
+        if subprocess.run(install, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
+            subprocess.run(install, check=True, capture_output=True)
         found = shutil.which("redis-server") or "redis-server"
     return found
 
