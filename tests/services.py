@@ -253,6 +253,52 @@ def throwaway_mariadb() -> Iterator[MariaDB]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def redis_server_binary() -> str:
+    """`redis-server`, installed from Debian's packages when the machine lacks it."""
+    found = shutil.which("redis-server")
+    if found is None:
+        install = ["apt-get", "install", "-y", "-q", "redis-server"]
+        if subprocess.run(install, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
+            subprocess.run(install, check=True, capture_output=True)
+        found = shutil.which("redis-server") or "redis-server"
+    return found
+
+
+def tcp_accepts(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
+
+    return check
+
+
+def start_redis(log_dir: Path) -> tuple[Process, str]:
+    """A throwaway redis-server on its own port: nothing saved, nothing shared."""
+    port = free_port()
+    process = Process(
+        f"redis-{port}",
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        log_dir,
+        ready=tcp_accepts(port),
+    )
+    process.start()
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
 def start_imagesvc(
     log_dir: Path, env: Mapping[str, str], *, workers: int = 1
 ) -> tuple[Process, str]:

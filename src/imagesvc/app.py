@@ -44,6 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # ~15 % of a cached redirect, so it is off; wrap the app with
         # opentelemetry-instrumentation-asgi for traces.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # Starlette would answer `/v1/images/` with a 307 to an absolute URL built from the
+        # request's Host header: a forged Host becomes a redirect elsewhere that a client
+        # follows with its POST body and key, and that a shared cache may keep. Paths are
+        # exact here, so a trailing slash is a 404 problem (docs/DESIGN.md).
+        redirect_slashes=False,
     )
     install_problem_handlers(app)
     install_openapi(app)

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # Requests per minute per API key, per process; 0 turns the limit off.
     rate_limit_per_minute: int = Field(default=0, ge=0)
+    # SPEC §12: with a Redis URL the per-key budget is one for every process and replica.
+    redis_url: str | None = None
 
     # --- variants -------------------------------------------------------------------------
     variant_max_dimension: int = Field(default=2048, ge=1, le=16384)
@@ -130,6 +132,15 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")) or value[-3:] == "://":
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("variant_sizes")
     @classmethod

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from imagesvc.auth.keys import KeyService
-from imagesvc.auth.ratelimit import RateLimiter
+from imagesvc.auth.ratelimit import Limiter, RateLimiter
+from imagesvc.auth.shared_ratelimit import SharedRateLimiter
 from imagesvc.config import MIB, Settings
 from imagesvc.db import Database
 from imagesvc.images.service import ImageService
@@ -65,7 +66,7 @@ class Runtime:
     store: ObjectStore
     pool: RenderPool
     keys: KeyService
-    rate_limiter: RateLimiter | None
+    rate_limiter: Limiter | None
     images: ImageService
     content: ContentService
     uploads: UploadService
@@ -108,6 +109,8 @@ class Runtime:
                 await self.variants.drain(within=10)
                 await self.uploads.drain(within=10)
                 self.pool.close()
+                if self.rate_limiter is not None:
+                    await self.rate_limiter.close()
         finally:
             await self.store.close()
             await self.db.dispose()
@@ -118,9 +121,13 @@ class Runtime:
         render.configure(settings.max_pixels)
         self.pool = RenderPool(settings.render_workers, settings.render_queue)
         self.keys = KeyService(db, cache_seconds=settings.auth_cache_seconds)
-        self.rate_limiter = (
-            RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
-        )
+        self.rate_limiter = None
+        if settings.rate_limit_per_minute and settings.redis_url:
+            self.rate_limiter = SharedRateLimiter(
+                settings.redis_url, settings.rate_limit_per_minute
+            )
+        elif settings.rate_limit_per_minute:
+            self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
         options = ServeOptions(
             redirect=settings.serve_mode == "redirect",
             signed_url_ttl=settings.signed_url_ttl,

@@ -179,12 +179,20 @@ async def test_rate_limit_per_key(
 ) -> None:
     app.state.runtime.rate_limiter = RateLimiter(per_minute=6)  # a burst of one, one per 10 s
     try:
-        assert (await anonymous.get("/v1/images", headers=alice)).status_code == 200
+        first = await anonymous.get("/v1/images", headers=alice)
+        assert first.status_code == 200
+        assert first.headers["ratelimit-limit"] == "1"
+        assert first.headers["ratelimit-remaining"] == "0"
+        assert 1 <= int(first.headers["ratelimit-reset"]) <= 10
         limited = await anonymous.get("/v1/images", headers=alice)
         assert limited.status_code == 429
         assert limited.json()["code"] == "too_many_requests"
         assert 1 <= int(limited.headers["retry-after"]) <= 10
+        assert limited.headers["ratelimit-remaining"] == "0"
+        assert limited.headers["ratelimit-reset"] == limited.headers["retry-after"]
         assert (await anonymous.get("/v1/images", headers=bob)).status_code == 200  # per key
+        # Requests that take nothing from a budget say nothing about one.
+        assert "ratelimit-limit" not in (await anonymous.get("/healthz")).headers
     finally:
         app.state.runtime.rate_limiter = None
 

@@ -159,6 +159,36 @@ async def test_store_down_mid_upload_leaves_nothing(
     await assert_consistent(fault_settings, {})
 
 
+async def test_store_down_mid_streamed_put_leaves_nothing(
+    client: httpx.AsyncClient, fault_s3: Process, fault_settings: Settings
+) -> None:
+    """A raw body whose Content-Length fits in one part streams into one PutObject: the
+    store going away mid-body is a 503, and nothing of it is stored (no gc needed)."""
+    data = big_image(3)  # < the 5 MiB part: one streamed PutObject
+    before_rows, before_objects = (
+        await rows(fault_settings),
+        set(await _object_keys(fault_settings)),
+    )
+
+    async def body() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 256 * 1024):
+            if start == 2 * MIB:
+                fault_s3.stop()
+            yield data[start : start + 256 * 1024]
+
+    response = await client.post(
+        "/v1/images",
+        content=body(),
+        headers={"Content-Type": "image/jpeg", "Content-Length": str(len(data))},
+    )
+    assert response.status_code == 503
+    assert response.json()["code"] == "storage_unavailable"
+    fault_s3.start()
+    assert await rows(fault_settings) == before_rows
+    assert set(await _object_keys(fault_settings)) == before_objects
+    await assert_consistent(fault_settings, {})
+
+
 async def test_store_down_during_delete_is_finished_by_gc(
     client: httpx.AsyncClient, fault_s3: Process, fault_settings: Settings
 ) -> None:
@@ -224,8 +254,9 @@ async def test_database_down_after_the_object_write(
     ingest = fault_app.state.runtime.uploads.ingest
     real_open = ingest.store.open_write
 
-    async def open_write(key: str, *, content_type: str) -> ObjectWriter:
-        return _AfterComplete(await real_open(key, content_type=content_type), fault_db.stop)
+    async def open_write(key: str, *, content_type: str, size: int | None = None) -> ObjectWriter:
+        writer = await real_open(key, content_type=content_type, size=size)
+        return _AfterComplete(writer, fault_db.stop)
 
     ingest.store = _Patched(ingest.store, open_write=open_write)
     try:
@@ -284,6 +315,39 @@ async def test_client_disconnect_mid_stream(
     await asyncio.sleep(0.5)
     sock.close()
     await settle()
+    await assert_consistent(fault_settings, {})
+
+
+async def test_client_disconnect_mid_streamed_put_leaves_nothing(
+    served: tuple[Process, str], fault_settings: Settings, fault_auth: dict[str, str]
+) -> None:
+    """The client vanishes half way through a body streamed into one PutObject: the
+    request to the store is cut short (S3 keeps nothing of a PutObject that did not get
+    its Content-Length), the pending row goes, and nothing is left without gc."""
+    _, url = served
+    host, port = url.removeprefix("http://").split(":")
+    before_objects = set(await _object_keys(fault_settings))
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        b"POST /v1/images HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
+        + f"Authorization: {fault_auth['Authorization']}\r\n".encode()
+        + f"Content-Length: {4 * MIB}\r\n\r\n".encode()
+        + jpeg()
+        + os.urandom(2 * MIB)
+    )
+    for _ in range(50):  # the pending row exists once the header was probed
+        if any(r["status"] == "pending" for r in (await rows(fault_settings)).values()):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the upload never started")
+    sock.close()
+    for _ in range(100):
+        if not any(r["status"] != "ready" for r in (await rows(fault_settings)).values()):
+            break
+        await asyncio.sleep(0.1)
+    assert [r for r in (await rows(fault_settings)).values() if r["status"] != "ready"] == []
+    assert set(await _object_keys(fault_settings)) == before_objects
     await assert_consistent(fault_settings, {})
 
 

@@ -252,13 +252,15 @@ def test_compose_file_is_valid_and_wired() -> None:
     )
     config = json.loads(result.stdout)
     services = config["services"]
-    assert {"mariadb", "minio", "createbucket", "migrate", "api"} <= set(services)
+    assert {"mariadb", "minio", "redis", "createbucket", "migrate", "api"} <= set(services)
     api = services["api"]["depends_on"]
     assert api["mariadb"]["condition"] == "service_healthy"
     assert api["minio"]["condition"] == "service_healthy"
     assert api["createbucket"]["condition"] == "service_completed_successfully"
     assert api["migrate"]["condition"] == "service_completed_successfully"
-    for name in ("mariadb", "minio"):
+    assert api["redis"]["condition"] == "service_healthy"
+    assert services["api"]["environment"]["IMAGESVC_REDIS_URL"] == "redis://redis:6379/0"
+    for name in ("mariadb", "minio", "redis"):
         assert services[name]["healthcheck"]["test"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.count("FROM ") >= 2  # multi-stage

@@ -54,7 +54,9 @@ class FakeStore:
         self.fail_write_after: int | None = None
         self.truncate_to: int | None = None
 
-    async def open_write(self, key: str, *, content_type: str) -> FakeWriter:
+    async def open_write(
+        self, key: str, *, content_type: str, size: int | None = None
+    ) -> FakeWriter:
         writer = FakeWriter(self, key)
         self.writers.append(writer)
         return writer

@@ -74,8 +74,34 @@ async def test_a_claim_whose_renderer_went_quiet_is_taken_over(unit_db: Database
     assert await claim(unit_db, "k/later") == (False, VariantStatus.READY)
 
 
+async def release(db: Database, storage_key: str) -> bool:
+    return await db.run(lambda tx: VariantRepository(tx).release(KEY, storage_key))
+
+
 async def test_only_the_holder_releases_its_claim(unit_db: Database) -> None:
     assert (await claim(unit_db, "k/mine"))[0]
-    assert not await unit_db.run(lambda tx: VariantRepository(tx).release(KEY, "k/other"))
-    assert await unit_db.run(lambda tx: VariantRepository(tx).release(KEY, "k/mine"))
+    # Another renderer's release leaves the claim; its own object is unreferenced.
+    assert await release(unit_db, "k/other")
+    assert await claim(unit_db, "k/next") == (False, VariantStatus.RENDERING)
+    assert await release(unit_db, "k/mine")
     assert (await claim(unit_db, "k/next"))[0]  # free again
+
+
+async def test_a_release_after_an_unheard_commit_keeps_the_object(unit_db: Database) -> None:
+    """The mark-ready commit happened but its answer was lost: the row is ready with our
+    object, so the release must not let the object be deleted."""
+    assert (await claim(unit_db, "k/mine"))[0]
+    assert await unit_db.run(
+        lambda tx: VariantRepository(tx).mark_ready(KEY, "k/mine", updated_at=utcnow())
+    )
+    assert not await release(unit_db, "k/mine")
+    assert await claim(unit_db, "k/later") == (False, VariantStatus.READY)
+
+
+async def test_a_claim_gone_with_its_image_leaves_the_object_unreferenced(
+    unit_db: Database,
+) -> None:
+    assert (await claim(unit_db, "k/mine"))[0]
+    # What a delete of the image does to its variants' rows, mid-render.
+    await unit_db.run(lambda tx: VariantRepository(tx).forget_ready(KEY, "k/mine"))
+    assert await release(unit_db, "k/mine")

@@ -177,9 +177,12 @@ async def test_kept_answers_never_outlive_this_processs_changes(
 
     app.state.runtime.rate_limiter = RateLimiter(per_minute=6)  # a burst of one, one per 10 s
     try:
-        assert (await anonymous.get(metadata, headers=auth)).status_code == 200  # replayed
+        replayed = await anonymous.get(metadata, headers=auth)
+        assert replayed.status_code == 200
+        assert replayed.headers["ratelimit-remaining"] == "0"
         limited = await anonymous.get(metadata, headers=auth)
         assert limited.status_code == 429
+        assert limited.headers["ratelimit-limit"] == "1"
         assert limited.headers["content-type"] == "application/problem+json"
     finally:
         app.state.runtime.rate_limiter = None

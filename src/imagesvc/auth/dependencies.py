@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 from starlette.types import Scope
 
+from imagesvc.auth.ratelimit import TooManyRequests
+
 if TYPE_CHECKING:
     from imagesvc.runtime import Runtime
 
@@ -30,10 +32,14 @@ def _authorization(scope: Scope) -> str | None:
 async def _owner_of(scope: Scope, authorization: str | None) -> str:
     runtime: Runtime = scope["app"].state.runtime
     principal = await runtime.keys.authenticate(authorization)
+    state = scope.setdefault("state", {})
     limiter = runtime.rate_limiter
     if limiter is not None:
-        limiter.check(principal.key_id)
-    state = scope.setdefault("state", {})
+        quota = await limiter.take(principal.key_id)
+        if quota is not None:
+            state["ratelimit"] = quota  # its headers go on the answer (web/context.py)
+            if not quota.allowed:
+                raise TooManyRequests(quota.retry_after)
     state["owner"] = principal.owner  # for the request log line
     state["key_id"] = principal.key_id  # for hot_reads' answer cache (rate limit on reuse)
     return principal.owner

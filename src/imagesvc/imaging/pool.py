@@ -24,6 +24,7 @@ class RendersBusy(ProblemError):
 
 class RenderPool:
     def __init__(self, workers: int, queue: int) -> None:
+        self.workers = workers
         self.capacity = workers + queue
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="imagesvc-render")
         self.admitted = 0

@@ -11,13 +11,16 @@ is imported, so every process and thread that renders or makes placeholders can 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import io
+import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import pi_heif
 from PIL import Image, ImageCms, ImageOps
@@ -129,10 +132,12 @@ def render(source: bytes, box: tuple[int, int], fit: Fit, output: OutputFormat) 
     return Rendered(buffer.getvalue(), CONTENT_TYPES[output], width, height)
 
 
-def placeholder(source: bytes) -> Placeholder:
+def placeholder(source: bytes | Sequence[bytes]) -> Placeholder:
     """Blurhash (4x3 components) and dominant colour, from a draft decode (JPEG decodes
-    at 1/8 scale) shrunk to 32 pixels before anything else is done to it."""
-    with _decoding(), Image.open(io.BytesIO(source)) as opened:
+    at 1/8 scale) shrunk to 32 pixels before anything else is done to it. `source` may be
+    the upload's chunks as they arrived: they are read in place, not joined into a copy."""
+    fp = io.BytesIO(source) if isinstance(source, bytes) else io.BufferedReader(_Chunks(source))
+    with _decoding(), Image.open(fp) as opened:
         image, exif_orientation = _frame(opened)
         image.draft("RGB", (64, 64))
         image.thumbnail((64, 64), Image.Resampling.BOX)  # in place, before any copy
@@ -145,6 +150,42 @@ def placeholder(source: bytes) -> Placeholder:
         )
         hashed = blurhash.encode(tiny.tobytes(), tiny.width, tiny.height, 4, 3)
         return Placeholder(blurhash=hashed, dominant_color=_dominant(small))
+
+
+class _Chunks(io.RawIOBase):
+    """A seekable read-only file over a list of byte strings."""
+
+    def __init__(self, chunks: Sequence[bytes]) -> None:
+        self._chunks = list(chunks)
+        self._starts = list(itertools.accumulate((len(c) for c in self._chunks), initial=0))
+        self._size = self._starts.pop()
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(target) and self._position < self._size:
+            index = bisect.bisect_right(self._starts, self._position) - 1
+            skip = self._position - self._starts[index]
+            piece = memoryview(self._chunks[index])[skip : skip + len(target) - done]
+            target[done : done + len(piece)] = piece
+            done += len(piece)
+            self._position += len(piece)
+        return done
 
 
 @contextmanager

@@ -64,7 +64,9 @@ class LocalObjectStore:
             raise ValueError("object key outside the store root")
         return path
 
-    async def open_write(self, key: str, *, content_type: str) -> _LocalWriter:
+    async def open_write(
+        self, key: str, *, content_type: str, size: int | None = None
+    ) -> _LocalWriter:
         final = self.path_of(key)
         # The key is in the temp name so the reconciler can tell whose upload it is.
         temp = self.root / INCOMING / f"{quote(key, safe='')}.{uuid.uuid4().hex}.part"

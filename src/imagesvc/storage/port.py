@@ -100,7 +100,13 @@ class ObjectStore(Protocol):
     async def ensure_bucket(self) -> bool:
         """Create the bucket (or directory) when missing; True if it was created."""
 
-    async def open_write(self, key: str, *, content_type: str) -> ObjectWriter: ...
+    async def open_write(
+        self, key: str, *, content_type: str, size: int | None = None
+    ) -> ObjectWriter:
+        """`size`: the exact byte count that will be written, when known in advance (a raw
+        upload's Content-Length). The S3 adapter then streams an object that fits in one
+        part straight into a single PutObject instead of buffering it."""
+        ...
 
     async def open_read(self, key: str, byte_range: ByteRange | None = None) -> ObjectStream:
         """Raises ObjectMissing if the key does not exist."""

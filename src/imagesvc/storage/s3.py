@@ -23,6 +23,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imagesvc.cache import FOREVER, TtlCache
+from imagesvc.storage.bodies import ChunksBody, PipeBody
 from imagesvc.storage.port import (
     ByteRange,
     ObjectInfo,
@@ -86,6 +87,11 @@ class S3ObjectStore:
         self.options = options
         self._stack = AsyncExitStack()
         self._client: S3Client | None = None
+        # Sends the streamed PutObjects (storage/bodies.py PipeBody) with UNSIGNED-PAYLOAD:
+        # SigV4 otherwise hashes the whole body before the first byte is sent, which a body
+        # still arriving from the client cannot offer. Everything else goes through
+        # `client`, payload signed as before.
+        self._stream_client: S3Client | None = None
         # (key, ttl) -> (the URL, when it was signed); kept for the first quarter of its life.
         self._signed: TtlCache[tuple[str, int], tuple[str, float]] = TtlCache(
             FOREVER, _SIGNED_CACHE_MAX
@@ -103,34 +109,40 @@ class S3ObjectStore:
 
     async def start(self) -> None:
         o = self.options
-        config = AioConfig(
-            signature_version="s3v4",
-            s3={"addressing_style": o.addressing_style},
-            connect_timeout=o.connect_timeout,
-            read_timeout=o.read_timeout,
-            retries={"total_max_attempts": 3, "mode": "standard"},
-            max_pool_connections=o.max_pool_connections,
-            # botocore >= 1.36 stores a whole-object CRC32 with each PutObject and checks it
-            # on every read, which breaks ranged reads on servers that echo it (rclone). We
-            # verify size and sha256 ourselves, so only send checksums where S3 demands them.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        session = aioboto3.Session()
-        self._client = await self._stack.enter_async_context(
-            session.client(
-                "s3",
-                region_name=o.region,
-                endpoint_url=o.endpoint_url,
-                aws_access_key_id=o.access_key_id,
-                aws_secret_access_key=o.secret_access_key,
-                config=config,
+
+        def config(**s3: object) -> AioConfig:
+            return AioConfig(
+                signature_version="s3v4",
+                s3={"addressing_style": o.addressing_style, **s3},
+                connect_timeout=o.connect_timeout,
+                read_timeout=o.read_timeout,
+                retries={"total_max_attempts": 3, "mode": "standard"},
+                max_pool_connections=o.max_pool_connections,
+                # botocore >= 1.36 stores a whole-object CRC32 with each PutObject and
+                # checks it on every read, which breaks ranged reads on servers that echo
+                # it (rclone). We verify size and sha256 ourselves, so only send checksums
+                # where S3 demands them.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
             )
+
+        session = aioboto3.Session()
+        arguments: dict[str, Any] = {
+            "region_name": o.region,
+            "endpoint_url": o.endpoint_url,
+            "aws_access_key_id": o.access_key_id,
+            "aws_secret_access_key": o.secret_access_key,
+        }
+        self._client = await self._stack.enter_async_context(
+            session.client("s3", config=config(), **arguments)
+        )
+        self._stream_client = await self._stack.enter_async_context(
+            session.client("s3", config=config(payload_signing_enabled=False), **arguments)
         )
 
     async def close(self) -> None:
         await self._stack.aclose()
-        self._client = None
+        self._client = self._stream_client = None
 
     async def ensure_bucket(self) -> bool:
         """Create the bucket when missing; True if it was created."""
@@ -146,7 +158,7 @@ class S3ObjectStore:
         await _call("create_bucket", self.client.create_bucket(**params))
         return True
 
-    async def open_write(self, key: str, *, content_type: str) -> S3Writer:
+    async def open_write(self, key: str, *, content_type: str, size: int | None = None) -> S3Writer:
         return S3Writer(
             self.client,
             self.bucket,
@@ -154,6 +166,8 @@ class S3ObjectStore:
             content_type,
             self.options.part_size,
             concurrency=self.options.upload_concurrency,
+            size=size,
+            stream_client=self._stream_client,
         )
 
     async def open_read(self, key: str, byte_range: ByteRange | None = None) -> ObjectStream:
@@ -290,9 +304,17 @@ class S3ObjectStore:
 
 
 class S3Writer:
-    """Streams one object: a single PutObject when it fits in one part, else a multipart
-    upload with one part filling while at most `concurrency` parts are in flight (memory:
-    about concurrency + 1 parts per upload).
+    """Streams one object to S3. Three ways, by what is known of its length:
+
+    - declared (`size`) and within one part: one PutObject whose body is pulled from the
+      upload as it arrives (PipeBody); nothing is buffered, and the request is not retried
+      once its body started (it cannot be rewound);
+    - otherwise, a body that fits in one part: buffered, then one PutObject;
+    - larger: a multipart upload, one part filling while at most `concurrency` parts are in
+      flight (memory: at most concurrency + 1 parts per upload).
+
+    Buffered parts stay the chunks they arrived in (ChunksBody): never joined, never
+    copied on their way to the socket.
     """
 
     def __init__(
@@ -304,6 +326,8 @@ class S3Writer:
         part_size: int,
         *,
         concurrency: int = 2,
+        size: int | None = None,
+        stream_client: S3Client | None = None,
     ) -> None:
         self._concurrency = concurrency
         self._client = client
@@ -311,7 +335,6 @@ class S3Writer:
         self._key = key
         self._content_type = content_type
         self._part_size = part_size
-        # Chunks as they came, joined once per part: one copy of each byte, not two.
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._upload_id: str | None = None
@@ -319,8 +342,16 @@ class S3Writer:
         self._in_flight: list[asyncio.Task[None]] = []
         self._creating: asyncio.Future[None] | None = None
         self._finished = False
+        self._stream_client = stream_client
+        self._pipe: PipeBody | None = None
+        self._put: asyncio.Task[None] | None = None
+        if size is not None and 0 < size <= part_size and stream_client is not None:
+            self._pipe = PipeBody(size)
 
     async def write(self, data: bytes) -> None:
+        if self._pipe is not None:
+            await self._write_streamed(self._pipe, data)
+            return
         while self._pending_size + len(data) >= self._part_size:
             # Complete the part with the head of this chunk; the tail starts the next one.
             cut = self._part_size - self._pending_size
@@ -331,12 +362,47 @@ class S3Writer:
             self._pending.append(data)
             self._pending_size += len(data)
 
-    def _take_pending(self) -> bytes:
-        joined = b"".join(self._pending)
+    def _take_pending(self) -> ChunksBody:
+        body = ChunksBody(self._pending)
         self._pending, self._pending_size = [], 0
-        return joined
+        return body
 
-    async def _send_part(self, part: bytes) -> None:
+    # --- one PutObject, streamed ----------------------------------------------------------
+
+    async def _write_streamed(self, pipe: PipeBody, data: bytes) -> None:
+        if not pipe.room_for(len(data)):
+            raise ValueError("more bytes than the size this write was opened with")
+        if self._put is None:
+            self._put = asyncio.create_task(self._put_streamed(pipe))
+        elif self._put.done():
+            await self._put  # raises StorageUnavailable if it failed
+            raise StorageUnavailable()
+        if pipe.offer(data):
+            return
+        handoff = asyncio.ensure_future(pipe.put(data))
+        # Never wait on a request that already ended: its failure surfaces here.
+        await asyncio.wait((handoff, self._put), return_when=asyncio.FIRST_COMPLETED)
+        if not handoff.done():
+            handoff.cancel()
+            await self._put  # raises StorageUnavailable if it failed
+            raise StorageUnavailable()  # it ended without taking every byte
+
+    async def _put_streamed(self, pipe: PipeBody) -> None:
+        assert self._stream_client is not None
+        await _call(
+            "put_object",
+            self._stream_client.put_object(
+                Bucket=self._bucket,
+                Key=self._key,
+                Body=pipe,  # type: ignore[arg-type]  # an async iterable of known length
+                ContentLength=pipe.size,
+                ContentType=self._content_type,
+            ),
+        )
+
+    # --- multipart ----------------------------------------------------------------------
+
+    async def _send_part(self, part: ChunksBody) -> None:
         if self._upload_id is None:
             # A task, and shielded: if we are cancelled half way, S3 may still open the
             # upload; the task records its id anyway, and abort() waits for it.
@@ -358,7 +424,7 @@ class S3Writer:
         )
         self._upload_id = created["UploadId"]
 
-    async def _upload_part(self, number: int, part: bytes) -> None:
+    async def _upload_part(self, number: int, part: ChunksBody) -> None:
         assert self._upload_id is not None
         response = await _call(
             "upload_part",
@@ -367,7 +433,7 @@ class S3Writer:
                 Key=self._key,
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=part,
+                Body=part,  # type: ignore[arg-type]  # file-like and async iterable
             ),
         )
         self._parts[number - 1]["ETag"] = response["ETag"]
@@ -378,13 +444,23 @@ class S3Writer:
 
     async def complete(self) -> int | None:
         confirmed: int | None = None
-        if self._upload_id is None:
+        if self._pipe is not None:
+            if self._pipe.accepted != self._pipe.size:
+                raise ValueError("fewer bytes than the size this write was opened with")
+            if self._put is None:
+                self._put = asyncio.create_task(self._put_streamed(self._pipe))
+            await self._put
+            confirmed = self._pipe.size  # PutObject stores exactly Content-Length bytes
+        elif self._upload_id is None:
             body = self._take_pending()
             confirmed = len(body)  # PutObject stores exactly Content-Length bytes, or fails
             await _call(
                 "put_object",
                 self._client.put_object(
-                    Bucket=self._bucket, Key=self._key, Body=body, ContentType=self._content_type
+                    Bucket=self._bucket,
+                    Key=self._key,
+                    Body=body,  # type: ignore[arg-type]  # file-like and async iterable
+                    ContentType=self._content_type,
                 ),
             )
         else:
@@ -409,6 +485,10 @@ class S3Writer:
         self._finished = True
         self._pending, self._pending_size = [], 0
         tasks, self._in_flight = self._in_flight, []
+        if self._put is not None:
+            # Cancelling the request closes its connection before the declared length was
+            # sent: the store keeps nothing of it.
+            tasks.append(self._put)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

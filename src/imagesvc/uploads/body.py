@@ -58,7 +58,8 @@ async def read_upload(
             "Content-Type image/* or application/octet-stream"
         )
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_file_bytes:
+    size = int(declared) if declared and declared.isdigit() else None
+    if size is not None and size > max_file_bytes:
         raise PayloadTooLarge(f"the upload is larger than the limit of {max_file_bytes} bytes")
     return UploadRequest(
         owner=owner,
@@ -66,6 +67,9 @@ async def read_upload(
         filename=_x_filename(request),
         fields={},
         visibility=visibility,
+        # The server delivers exactly Content-Length bytes or a disconnect, so the store
+        # may stream a body that fits in one part straight into one PutObject.
+        size=size or None,
     )
 
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,9 @@ class UploadRequest:
     fields: dict[str, str]
     # `?visibility=`, which wins over the form field.
     visibility: str | None = None
+    # The exact byte count of `chunks`, when the client declared it (a raw body's
+    # Content-Length); None when unknown (multipart, chunked transfer encoding).
+    size: int | None = None
 
     def chosen_visibility(self) -> Visibility:
         return parse_visibility(self.visibility or self.fields.get("visibility"))
@@ -148,9 +151,12 @@ class Ingest:
         heartbeat = asyncio.create_task(self._heartbeat(image.id, hooks, stop_heartbeat))
         writer: ObjectWriter | None = None
         try:
-            writer = await self.store.open_write(image.storage_key, content_type=image.content_type)
-            # Small uploads keep a copy for the placeholder decode (no read-back from the
-            # store); large ones are read back, so memory stays bounded by the part size.
+            writer = await self.store.open_write(
+                image.storage_key, content_type=image.content_type, size=request.size
+            )
+            # Small uploads keep their chunks for the placeholder decode (no read-back from
+            # the store; the very chunks the writer holds, not a copy); large ones are read
+            # back, so memory stays bounded by the part size.
             inline: list[bytes] | None = list(head) if self.placeholders else None
             head.reverse()
             while head:  # release each held chunk as soon as the writer has it
@@ -163,6 +169,10 @@ class Ingest:
                 else:
                     inline = None
             final = upload.finish()
+            if request.size is not None and upload.size != request.size:
+                raise BadRequest(
+                    f"the body has {upload.size} bytes, its Content-Length said {request.size}"
+                )
             image.frames = final.frames
             image.visibility = request.chosen_visibility()  # a field may follow the file
             confirmed = await writer.complete()
@@ -170,7 +180,7 @@ class Ingest:
             await self.make_ready(
                 image,
                 upload,
-                b"".join(inline) if inline is not None else None,
+                inline,
                 hooks,
                 before_commit=lambda: _stop(heartbeat, stop_heartbeat),
             )
@@ -199,7 +209,7 @@ class Ingest:
         self,
         image: Image,
         upload: MeasuredUpload,
-        source: bytes | None,
+        source: bytes | Sequence[bytes] | None,
         hooks: UploadHooks | None = None,
         *,
         before_commit: Callable[[], Awaitable[None]] | None = None,
@@ -207,8 +217,10 @@ class Ingest:
         """The last step of every upload protocol, once the object is durable and
         `upload` measured every byte of it: the placeholder (from `source`, the bytes when
         they were kept, else read back from the store), then `pending -> ready` with the
-        facts, in one transaction with `hooks.on_ready`. Raises ServiceUnavailable when the
-        row is no longer pending (gc reclaimed it): the caller must not promise anything."""
+        facts, in one transaction with `hooks.on_ready`. `source` may be the chunks as they
+        arrived (decoded in place, never joined into a copy). Raises ServiceUnavailable
+        when the row is no longer pending (gc reclaimed it): the caller must not promise
+        anything."""
         image.byte_size = upload.size
         if self.placeholders is not None:
             placeholder = await self.placeholders.make(image, source)

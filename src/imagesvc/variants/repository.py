@@ -90,15 +90,19 @@ class VariantRepository:
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def release(self, key: VariantKey, storage_key: str) -> bool:
-        """Drop our claim; False if the row is not our claim (any more)."""
-        result = await self.session.execute(
+        """Drop our claim (if it is still ours). True when no row names `storage_key` any
+        more: the claim was ours and is gone now, or the row went with its image, or it
+        was taken over; False when the row is ready with our object (a commit we did not
+        hear of), which must then stay."""
+        await self.session.execute(
             delete(Variant).where(
                 *key.where(),
                 Variant.status == VariantStatus.RENDERING,
                 Variant.storage_key == storage_key,
             )
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        row = await self.get(key)
+        return row is None or row.storage_key != storage_key
 
     async def forget_ready(self, key: VariantKey, storage_key: str) -> None:
         """A ready rendition whose object is gone: drop the row (only that exact one)."""

@@ -207,9 +207,21 @@ class VariantService:
                 "sha256": hashlib.sha256(rendered.data).hexdigest(),
                 "updated_at": utcnow(),
             }
-            if not await self.db.run(
+            marked = await self.db.run(
                 lambda tx: VariantRepository(tx).mark_ready(key, storage_key, **facts)
-            ):
+            )
+            # Our object is in the store now. A delete of the image that listed its prefix
+            # before this write would miss it, so look at the image again, past the cache:
+            # once it is not ready any more, the object is ours to remove (the delete
+            # removes the rows). A delete that starts after this look lists the object and
+            # removes it itself. Either way, nothing of the image outlives the answers.
+            if not await self.images.still_viewable(viewer=image.owner, image_id=image.id):
+                # Our row may be ready already (the delete removes it with the image's):
+                # it goes, and our object with it, whatever the row says.
+                await asyncio.shield(self._forget(key, storage_key))
+                written = False
+                raise NotFound(f"no image {image.id}")
+            if not marked:
                 raise ServiceUnavailable("the variant was taken over by another renderer")
         except RenderError as exc:
             await asyncio.shield(self._release(key, storage_key, written))
@@ -229,12 +241,21 @@ class VariantService:
             **facts,
         )
 
+    async def _forget(self, key: VariantKey, storage_key: str) -> None:
+        """The image went while we rendered: drop our row and our object."""
+        await self.db.run(lambda tx: VariantRepository(tx).forget_ready(key, storage_key))
+        await self.store.delete_keys([storage_key])
+
     async def _release(self, key: VariantKey, storage_key: str, written: bool) -> None:
-        """Undo a failed render: our claim goes, and only then our object. If the failure
-        hid a commit that did happen, the row is `ready` and the object must stay."""
+        """Undo a failed render: our claim goes, and only then our object, once no row
+        names it (our claim removed now, or gone with a deleted image, or taken over). If
+        the failure hid a commit that did happen, the row is `ready` with our object, and
+        the object must stay."""
         try:
-            released = await self.db.run(lambda tx: VariantRepository(tx).release(key, storage_key))
-            if written and released:
+            unreferenced = await self.db.run(
+                lambda tx: VariantRepository(tx).release(key, storage_key)
+            )
+            if written and unreferenced:
                 await self.store.delete_keys([storage_key])
         except Exception:
             log.warning("could not clean up a failed render; gc will", exc_info=True)

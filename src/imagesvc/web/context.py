@@ -74,6 +74,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", encoded_id)]
+                quota = state.get("ratelimit")
+                if quota is not None:  # this request was counted against its key's budget
+                    message["headers"].extend(quota.headers())
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)

@@ -191,7 +191,7 @@ class HotReads:
         key = self._key(scope, image_id, content)
         if key is not None:
             kept = self._replayable(key, (rows.generation, keys.generation))
-            if kept is not None:
+            if kept is not None and await self._counted(scope, kept):
                 return kept
         generations = (rows.generation, keys.generation)
         # What the row cache held before: if it was fresh, this answer is computed from it,
@@ -279,10 +279,18 @@ class HotReads:
         if answer.generations != generations:
             self.answers.discard(key)
             return None
-        limiter = self.runtime.rate_limiter
-        if limiter is not None and answer.key_id is not None:
-            try:
-                limiter.check(answer.key_id)
-            except ProblemError:
-                return None  # the full path answers the 429, with the same limiter
         return answer
+
+    async def _counted(self, scope: Scope, answer: _Answer) -> bool:
+        """A replay takes a rate-limit token too; False: over the limit, and the full
+        path answers the 429 (with the same limiter)."""
+        limiter = self.runtime.rate_limiter
+        if limiter is None or answer.key_id is None:
+            return True
+        quota = await limiter.take(answer.key_id)
+        if quota is None:
+            return True  # the shared store is down: served uncounted
+        if not quota.allowed:
+            return False
+        scope.setdefault("state", {})["ratelimit"] = quota
+        return True
