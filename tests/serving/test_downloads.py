@@ -19,7 +19,9 @@ from tests.samples import jpeg
 
 _VOLATILE = {"x-request-id", "date", "server"}
 HOSTILE = 'Été "quoted"; name=evil\r\nX-Injected: 1 %41 ✓.jpg'
-DISPOSITION = re.compile(r"(inline|attachment); filename=\"([^\"\\\\;%\r\n]*)\"; filename\*=UTF-8''([A-Za-z0-9!#$&+^`|~%._-]+)")
+DISPOSITION = re.compile(
+    r"(inline|attachment); filename=\"([^\"\\\\;%\r\n]*)\"; filename\*=UTF-8''([A-Za-z0-9!#$&+^`|~%._-]+)"
+)
 
 
 @pytest.fixture
@@ -109,7 +111,9 @@ async def test_proxied_bytes_are_inline_nosniff_and_download_names_the_file(
         assert parse_disposition(off.headers["content-disposition"])[0] == "inline"
         bad = await client.get(f"{base}/content", params={"download": "maybe"})
         assert bad.status_code == 422
-        thumb = await client.get(f"{base}/variants/32x32", params={"download": "1", "format": "png"})
+        thumb = await client.get(
+            f"{base}/variants/32x32", params={"download": "1", "format": "png"}
+        )
         assert thumb.headers["x-content-type-options"] == "nosniff"
         assert parse_disposition(thumb.headers["content-disposition"]) == (
             "attachment",
@@ -162,7 +166,7 @@ async def test_a_download_redirect_carries_the_name_to_the_store(
     assert download.headers["location"] != plain.headers["location"]
     followed = await follow(download)
     assert followed.content == data
-    expected = 'attachment; filename="holiday.jpg"; filename*=UTF-8\'\'holiday.jpg'
+    expected = "attachment; filename=\"holiday.jpg\"; filename*=UTF-8''holiday.jpg"
     # moto and rclone both answer with the signed response-content-disposition.
     assert followed.headers.get("content-disposition") == expected
     # A public image behind IMAGESVC_PUBLIC_BASE_URL: a download still gets a signed URL.
@@ -177,9 +181,13 @@ async def test_a_download_redirect_carries_the_name_to_the_store(
 def _multipart(disposition: str, data: bytes) -> tuple[bytes, str]:
     boundary = "imagesvc-test-boundary"
     body = (
-        f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 

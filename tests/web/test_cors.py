@@ -84,7 +84,9 @@ def assert_readable(response: httpx.Response, origin: str = ORIGIN) -> None:
     """What the browser needs to hand the response (and the named headers) to the page."""
     where = (response.request.method, str(response.request.url), response.status_code)
     assert response.headers.get("access-control-allow-origin") == origin, where
-    exposed = [name.strip() for name in response.headers["access-control-expose-headers"].split(",")]
+    exposed = [
+        name.strip() for name in response.headers["access-control-expose-headers"].split(",")
+    ]
     assert exposed == EXPOSED, where
     assert "access-control-allow-credentials" not in response.headers, where
     assert "origin" in response.headers.get("vary", "").lower(), where
