@@ -5,7 +5,6 @@ store URL; hostile filenames never break a header; multipart `filename*` wins.""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -20,12 +19,13 @@ from tests.samples import jpeg
 _VOLATILE = {"x-request-id", "date", "server"}
 HOSTILE = 'Été "quoted"; name=evil\r\nX-Injected: 1 %41 ✓.jpg'
 DISPOSITION = re.compile(
-    r"(inline|attachment); filename=\"([^\"\\\\;%\r\n]*)\"; filename\*=UTF-8''([A-Za-z0-9!#$&+^`|~%._-]+)"
+    r"(inline|attachment); filename=\"([^\"\\\\;%\r\n]*)\"; "
+    r"filename\*=UTF-8''([A-Za-z0-9!#$&+^`|~%._-]+)"
 )
 
 
 @pytest.fixture
-def opened(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def opened(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The keys the store was asked to open for reading (a spy on the real store)."""
     store = app.state.runtime.store
     real = store.open_read
@@ -36,7 +36,7 @@ def opened(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]
         return await real(key, *args, **kwargs)
 
     monkeypatch.setattr(store, "open_read", open_read)
-    yield keys
+    return keys
 
 
 def headers_of(response: httpx.Response) -> dict[str, str]:
@@ -192,20 +192,20 @@ def _multipart(disposition: str, data: bytes) -> tuple[bytes, str]:
 
 
 @pytest.mark.parametrize(
-    ("disposition", "expected"),
+    ("parameters", "expected"),
     [
-        ("form-data; name=\"file\"; filename=\"plain.jpg\"; filename*=UTF-8''%E5%86%99%E7%9C%9F.jpg", "写真.jpg"),
-        ("form-data; name=\"file\"; filename*=utf-8'ja'%E5%86%99%E7%9C%9F.jpg; filename=\"plain.jpg\"", "写真.jpg"),
-        ("form-data; name=\"file\"; filename*=iso-8859-1''caf%E9.jpg", "café.jpg"),
-        ("form-data; name=\"file\"; filename=\"plain.jpg\"; filename*=UTF-8''%FF%FE.jpg", "plain.jpg"),
-        ("form-data; name=\"file\"; filename=\"plain.jpg\"; filename*=koi8-r''x.jpg", "plain.jpg"),
-        ("form-data; name=\"file\"; filename=\"a; filename*=UTF-8''evil.jpg\"", "a; filename*=UTF-8''evil.jpg"),
+        ("filename=\"plain.jpg\"; filename*=UTF-8''%E5%86%99%E7%9C%9F.jpg", "写真.jpg"),
+        ("filename*=utf-8'ja'%E5%86%99%E7%9C%9F.jpg; filename=\"plain.jpg\"", "写真.jpg"),
+        ("filename*=iso-8859-1''caf%E9.jpg", "café.jpg"),
+        ("filename=\"plain.jpg\"; filename*=UTF-8''%FF%FE.jpg", "plain.jpg"),  # not UTF-8
+        ("filename=\"plain.jpg\"; filename*=koi8-r''x.jpg", "plain.jpg"),  # another charset
+        ("filename=\"a; filename*=UTF-8''evil.jpg\"", "a; filename*=UTF-8''evil.jpg"),  # quoted
     ],
-)  # fmt: skip
+)
 async def test_multipart_filename_star_wins_over_filename(
-    client: httpx.AsyncClient, disposition: str, expected: str
+    client: httpx.AsyncClient, parameters: str, expected: str
 ) -> None:
-    body, content_type = _multipart(disposition, jpeg())
+    body, content_type = _multipart(f'form-data; name="file"; {parameters}', jpeg())
     response = await client.post("/v1/images", content=body, headers={"Content-Type": content_type})
     assert response.status_code == 201, response.text
     assert response.json()["filename"] == expected

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -230,7 +229,7 @@ async def test_keys_rotate_without_breaking_live_links(settings: Settings) -> No
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])
-async def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Settings]:
+def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     """A new, migrated database with no signing key yet, and a local store."""
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'replicas.db'}"
@@ -241,8 +240,8 @@ async def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
         name = f"replicas_{uuid.uuid4().hex[:8]}"
         server.sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
         url = mysql_url(server).rsplit("/", 1)[0] + f"/{name}"
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
-    yield Settings(database_url=url, storage_local_root=str(tmp_path / "objects"))
+    command.upgrade(alembic_config(url), "head")  # runs its own event loop: not in one
+    return Settings(database_url=url, storage_local_root=str(tmp_path / "objects"))
 
 
 async def test_replicas_without_configured_keys_agree(fresh_database: Settings) -> None:

@@ -237,7 +237,9 @@ _CHARSETS = ("utf-8", "iso-8859-1")
 def _parameters(header: str) -> list[str]:
     """The `;`-separated parts of a header value, `;` inside a quoted string kept (a
     hostile `filename="a; filename*=..."` is one parameter, not two)."""
-    parts, current, quoted, escaped = [], [], False, False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
     for ch in header:
         if escaped:
             escaped = False
