@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from playwright.async_api import Browser, async_playwright
 
 from tests.services import BIN, Process, create_key, free_port, start_imagesvc
@@ -161,11 +161,22 @@ async def test_a_page_on_another_origin_does_the_whole_lifecycle(
 
 
 def sample_jpeg(seed: int, size: tuple[int, int] = (640, 480)) -> bytes:
-    """A photo-like JPEG: a coloured fractal, a different hue per seed."""
-    hues = [(255, 120, 60), (60, 170, 255), (120, 220, 120), (230, 90, 200), (250, 200, 60)]
-    fractal = Image.effect_mandelbrot(size, (-2.1 + seed * 0.05, -1.2, 0.9, 1.2), 80 + seed)
-    tint = Image.new("RGB", size, hues[seed % len(hues)])
-    picture = Image.composite(tint, Image.new("RGB", size, (20, 24, 40)), fractal)
+    """A colourful JPEG: a two-colour glow with a fractal over it, other colours per seed."""
+    palette = [
+        ("#ff7e5f", "#feb47b"),
+        ("#2b5876", "#4e4376"),
+        ("#43cea2", "#185a9d"),
+        ("#f7971e", "#ffd200"),
+        ("#c94b4b", "#4b134f"),
+        ("#56ccf2", "#2f80ed"),
+        ("#a8e063", "#56ab2f"),
+        ("#ee9ca7", "#ffdde1"),
+    ]
+    dark, light = palette[seed % len(palette)]
+    glow = Image.radial_gradient("L").resize(size)
+    picture = ImageOps.colorize(glow, black=light, white=dark)
+    fractal = Image.effect_mandelbrot(size, (-2.2 + (seed % 5) * 0.1, -1.3, 1.0, 1.3), 40)
+    picture = Image.composite(picture, Image.new("RGB", size, light), fractal.point(lambda v: 255 - v // 2))
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
@@ -236,6 +247,8 @@ async def test_the_console_does_the_job_through_its_hooks(
     await page.wait_for_timeout(2_600)  # finished uploads leave their bar for 2.5 s
     shot = os.environ.get("IMAGESVC_CONSOLE_SCREENSHOT")
     if shot:  # docs/console.png is made this way: see the README
+        await page.evaluate("() => window.scrollTo(0, 0)")
+        await page.wait_for_function(loaded, arg=["older-24.jpg", "older-20.jpg"])
         await page.screenshot(path=shot)
 
     await uploaded.click()
@@ -246,6 +259,7 @@ async def test_the_console_does_the_job_through_its_hooks(
     )
     assert "sunrise.jpg" in (await detail.inner_text())
     if shot:
+        await page.wait_for_function("() => document.getElementById('preview-img').naturalWidth > 0")
         await page.screenshot(path=shot.replace(".png", "-detail.png"))
     await page.locator("label.switch").click()  # the visibility switch
     await page.wait_for_function("() => document.getElementById('visibility-label').textContent.startsWith('Public')")
