@@ -14,7 +14,6 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -62,12 +61,16 @@ async def browser() -> AsyncIterator[Browser]:
         await launched.close()
 
 
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the test's output is the browser's, not a line per file served
+
+
 @pytest.fixture(scope="module")
 def second_origin() -> Iterator[str]:
     """A tiny static server on another port: another origin, as a front end would be."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(PAGES))
+    handler = functools.partial(_QuietFiles, directory=str(PAGES))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    server.RequestHandlerClass.log_message = lambda *_: None  # type: ignore[method-assign]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -160,6 +163,9 @@ async def test_a_page_on_another_origin_does_the_whole_lifecycle(
     assert out["linkAfterDelete"]["status"] == 404
 
 
+COUNT = "(n) => document.querySelectorAll('[data-testid=thumbnail]').length === n"
+
+
 def sample_jpeg(seed: int, size: tuple[int, int] = (640, 480)) -> bytes:
     """A colourful JPEG: a two-colour glow with a fractal over it, other colours per seed."""
     palette = [
@@ -176,7 +182,8 @@ def sample_jpeg(seed: int, size: tuple[int, int] = (640, 480)) -> bytes:
     glow = Image.radial_gradient("L").resize(size)
     picture = ImageOps.colorize(glow, black=light, white=dark)
     fractal = Image.effect_mandelbrot(size, (-2.2 + (seed % 5) * 0.1, -1.3, 1.0, 1.3), 40)
-    picture = Image.composite(picture, Image.new("RGB", size, light), fractal.point(lambda v: 255 - v // 2))
+    veil = fractal.point(lambda v: 255 - v // 2)
+    picture = Image.composite(picture, Image.new("RGB", size, light), veil)
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
@@ -216,12 +223,12 @@ async def test_the_console_does_the_job_through_its_hooks(
     await page.get_by_test_id("api-key").fill(key)
     await page.get_by_test_id("save-key").click()
     thumbnails = page.get_by_test_id("thumbnail")
-    await page.wait_for_function("() => document.querySelectorAll('[data-testid=thumbnail]').length === 24")
+    await page.wait_for_function(COUNT, arg=24)
     assert await page.evaluate("() => sessionStorage.getItem('imagesvc.apiKey')") == key
     assert await page.evaluate("() => localStorage.length") == 0
     assert await page.evaluate("() => document.cookie") == ""
     await page.get_by_test_id("load-more").click()
-    await page.wait_for_function("() => document.querySelectorAll('[data-testid=thumbnail]').length === 25")
+    await page.wait_for_function(COUNT, arg=25)
     assert await page.get_by_test_id("load-more").is_hidden()
 
     files = [
@@ -230,7 +237,8 @@ async def test_the_console_does_the_job_through_its_hooks(
     ]
     await page.get_by_test_id("file-input").set_input_files(files)  # type: ignore[arg-type]
     assert await page.get_by_test_id("upload-progress").count() == 2  # one bar per file
-    loaded = """(names) => names.every((name) => [...document.querySelectorAll('[data-testid=thumbnail]')]
+    loaded = """(names) => names.every((name) =>
+        [...document.querySelectorAll('[data-testid=thumbnail]')]
         .some((img) => img.alt === name && img.complete && img.naturalWidth > 0))"""
     await page.wait_for_function(loaded, arg=["sunrise.jpg", "harbour.jpg"], timeout=60_000)
     assert await thumbnails.count() == 27
@@ -238,7 +246,8 @@ async def test_the_console_does_the_job_through_its_hooks(
     image_id = await uploaded.get_attribute("data-image-id")
     assert image_id
     src = await uploaded.get_attribute("src") or ""
-    assert "/variants/256x256?" in src and "&sig=" in src  # the signed 256 px variant
+    assert "/variants/256x256?" in src  # the signed 256 px variant
+    assert "&sig=" in src
     tile = page.locator(f".tile[data-image-id='{image_id}']")
     style = await tile.evaluate("(el) => [el.style.backgroundColor, el.style.backgroundImage]")
     assert style[0]  # the dominant colour, painted first
@@ -259,15 +268,19 @@ async def test_the_console_does_the_job_through_its_hooks(
     )
     assert "sunrise.jpg" in (await detail.inner_text())
     if shot:
-        await page.wait_for_function("() => document.getElementById('preview-img').naturalWidth > 0")
+        await page.wait_for_function(
+            "() => document.getElementById('preview-img').naturalWidth > 0"
+        )
         await page.screenshot(path=shot.replace(".png", "-detail.png"))
     await page.locator("label.switch").click()  # the visibility switch
-    await page.wait_for_function("() => document.getElementById('visibility-label').textContent.startsWith('Public')")
+    await page.wait_for_function(
+        "() => document.getElementById('visibility-label').textContent.startsWith('Public')"
+    )
     async with httpx.AsyncClient(base_url=api, headers=auth) as client:
         assert (await client.get(f"/v1/images/{image_id}")).json()["visibility"] == "public"
         await page.get_by_test_id("delete").click()
         await detail.wait_for(state="hidden")
-        await page.wait_for_function("() => document.querySelectorAll('[data-testid=thumbnail]').length === 26")
+        await page.wait_for_function(COUNT, arg=26)
         assert (await client.get(f"/v1/images/{image_id}")).status_code == 404
     await context.close()
 

@@ -21,7 +21,10 @@ from: it expires when the cached row (ImageService.rows) or the cached key
 (KeyService.cache) it used expires, and is dropped as soon as either cache changes
 generation (this process's PATCH, DELETE or key revocation). Replays still take a
 rate-limit token. Requests with `Range`, `If-None-Match` or `If-Range` are always computed.
-Entries are keyed by a SHA-256 of the Authorization header, never the key itself.
+Entries are keyed by the raw query string and a SHA-256 of the Authorization header, never
+the key itself. Signed content links (`?exp=&sig=`, serving/links.py) take this path too,
+through the same `request_delivery` dependency as the route, and their kept answers expire
+with the link. HEAD, and metadata requests with a query (`?links=`), go to FastAPI.
 
 It sits inside the request context (web/context.py), so request ids, log lines and metrics
 are the same as for every other route, and both sit outside FastAPI's own middleware
