@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck compose-check pytest bench install clean
+.PHONY: run test lint typecheck compose-check pytest bench install clean chromium
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,11 @@ typecheck: install
 compose-check: install
 	$(BIN)/docker-compose --env-file .env.example -f docker-compose.yml config -q
 
-pytest: install
+# The browser tests drive Debian's Chromium (never a browser download): install it if missing.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
+
+pytest: install chromium
 	$(BIN)/pytest
 
 # Not part of `make test`: starts its own MariaDB and S3, installs wrk (Debian) and the

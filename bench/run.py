@@ -383,6 +383,12 @@ def request_paths(
             headers={"Authorization": auth, "Content-Type": "image/jpeg"},
         )
         image_id = created.json()["id"]
+        # A signed link (SPEC §9) to the same image, as an <img> would fetch it: no key.
+        link = httpx.post(
+            f"{url}/v1/images/{image_id}/links",
+            json={"expires_in": 7 * 24 * 3600},
+            headers={"Authorization": auth},
+        ).json()["url"]
         httpx.post(
             f"{tutorial_url}/upload", files={"file": ("photo.jpg", photo, "image/jpeg")}
         ).raise_for_status()
@@ -396,6 +402,9 @@ def request_paths(
                 connections=64,
                 seconds=seconds,
                 headers=headers,
+            ),
+            "imagesvc signed link (302)": lambda: wrk(
+                wrk_bin, f"{url}{link}", connections=64, seconds=seconds
             ),
             "imagesvc metadata": lambda: wrk(
                 wrk_bin,
@@ -453,6 +462,7 @@ def request_paths(
     vs_ceiling_all = ratios("imagesvc content (302)", "bare ASGI 302 (ceiling)")
     uploads_all = ratios("imagesvc small upload", "tutorial small upload")
     metadata_all = ratios("imagesvc metadata", "tutorial GET /image/1 (302)")
+    link_all = ratios("imagesvc signed link (302)", "imagesvc content (302)")
     vs_tutorial, vs_ceiling = statistics.median(vs_tutorial_all), statistics.median(vs_ceiling_all)
     upload_ratio = statistics.median(uploads_all)
     content_p99 = median_of("imagesvc content (302)", lambda r: r.p99_ms)
@@ -468,6 +478,8 @@ def request_paths(
         f"{spread(vs_tutorial_all, '.2f')} (target ≥ 3x)\n"
         f"- content redirect vs bare ASGI ceiling: **{vs_ceiling:.0%}**"
         f"{spread(vs_ceiling_all, '.0%')} (target ≥ 40 %)\n"
+        f"- signed link redirect vs keyed content redirect: "
+        f"{statistics.median(link_all):.2f}x{spread(link_all, '.2f')}\n"
         f"- metadata vs tutorial redirect: {statistics.median(metadata_all):.2f}x\n"
         f"- p99 content {content_p99:.1f} ms, metadata {metadata_p99:.1f} ms (target ≤ 50 ms)\n"
         f"- small uploads vs tutorial: **{upload_ratio:.2f}x**"

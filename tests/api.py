@@ -40,10 +40,17 @@ async def post_raw(
 
 
 async def post_form(
-    client: httpx.AsyncClient, data: bytes, name: str = "photo.jpg", **form: str
+    client: httpx.AsyncClient,
+    data: bytes,
+    name: str = "photo.jpg",
+    *,
+    headers: dict[str, str] | None = None,
+    **form: str,
 ) -> httpx.Response:
     """A multipart upload (part `file`, and `form` as text parts)."""
-    return await client.post("/v1/images", files={"file": (name, data, "image/jpeg")}, data=form)
+    return await client.post(
+        "/v1/images", files={"file": (name, data, "image/jpeg")}, data=form, headers=headers
+    )
 
 
 async def follow(response: httpx.Response) -> httpx.Response:

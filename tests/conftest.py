@@ -191,6 +191,14 @@ async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
         yield app
 
 
+@asynccontextmanager
+async def app_with(settings: Settings, **changes: Any) -> AsyncIterator[FastAPI]:
+    """Another running app on the same database and store, with some settings changed
+    (validated like the environment is)."""
+    async for running in running_app(Settings(**{**settings.model_dump(), **changes})):
+        yield running
+
+
 @pytest.fixture(scope="session")
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     async for running in running_app(settings):

@@ -21,6 +21,14 @@ from imagesvc.config import ConfigurationError, load_settings
         ({"IMAGESVC_S3_PART_SIZE": "1024"}, "IMAGESVC_S3_PART_SIZE"),
         ({"IMAGESVC_MAX_UPLOAD_BYTES": "lots"}, "IMAGESVC_MAX_UPLOAD_BYTES"),
         ({"IMAGESVC_S3_ENDPOINT_URL": "localhost:9000"}, "IMAGESVC_S3_ENDPOINT_URL"),
+        ({"IMAGESVC_CORS_ORIGINS": "https://app.example.com/path"}, "IMAGESVC_CORS_ORIGINS"),
+        ({"IMAGESVC_CORS_ORIGINS": "*,https://a.example"}, "cannot be combined"),
+        ({"IMAGESVC_CORS_MAX_AGE": "-1"}, "IMAGESVC_CORS_MAX_AGE"),
+        ({"IMAGESVC_URL_SIGNING_KEYS": "secretpw"}, "IMAGESVC_URL_SIGNING_KEYS: key 1"),
+        ({"IMAGESVC_URL_SIGNING_KEYS": "x" * 40 + ",secretpw"}, "key 2 must be at least"),
+        ({"IMAGESVC_LINK_WINDOW": "0"}, "IMAGESVC_LINK_WINDOW"),
+        ({"IMAGESVC_LINK_MAX_TTL": "soon"}, "IMAGESVC_LINK_MAX_TTL"),
+        ({"IMAGESVC_CONSOLE": "maybe"}, "IMAGESVC_CONSOLE"),
     ],
 )
 def test_invalid_configuration_exits_2_with_one_line(env: dict[str, str], message: str) -> None:
@@ -46,3 +54,14 @@ def test_key_prefix_gets_its_slash() -> None:
 def test_access_key_without_secret_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="IMAGESVC_S3_SECRET_ACCESS_KEY"):
         load_settings(s3_access_key_id="AKIA")
+
+
+def test_browser_settings_are_normalised() -> None:
+    settings = load_settings(cors_origins=" https://App.Example.com , http://localhost:3000 ")
+    assert settings.cors_origin_list == ("https://app.example.com", "http://localhost:3000")
+    assert load_settings(cors_origins="*").cors_origin_list == ("*",)
+    assert load_settings().cors_origin_list == ()
+    keys = load_settings(url_signing_keys="n" * 32 + ", " + "o" * 32)
+    assert keys.signing_keys == (b"n" * 32, b"o" * 32)
+    assert "nnnn" not in repr(keys)  # a secret: never in a repr or a log line
+    assert load_settings().signing_keys == ()

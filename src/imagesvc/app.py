@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from imagesvc import __version__
 from imagesvc.config import Settings, load_settings
+from imagesvc.console.endpoints import router as console_router
 from imagesvc.errors import install_problem_handlers
 from imagesvc.images.endpoints import router as images_router
 from imagesvc.observability.logs import configure_logging
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (uploads_router, images_router, content_router, variants_router):
         app.include_router(router)
     app.include_router(operations_router)
+    if runtime.settings.console:
+        app.include_router(console_router)
     return app
 
 

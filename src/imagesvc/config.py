@@ -8,9 +8,10 @@ would change the variable names.
 from __future__ import annotations
 
 import os
+import re
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -99,6 +100,17 @@ class Settings(BaseSettings):
     # cancelled and cleaned up (aborted multipart uploads, removed pending rows).
     shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
 
+    # --- browsers (SPEC §9) ------------------------------------------------------------------
+    # Comma-separated origins (`https://app.example.com`) or `*`; unset: no CORS headers.
+    cors_origins: str | None = None
+    cors_max_age: int = Field(default=7200, ge=0, le=86400)
+    # Signing keys of links (`POST /v1/images/{id}/links`): the first signs, every one
+    # verifies. Unset: one key generated once and kept in the database.
+    url_signing_keys: SecretStr | None = None
+    link_window: int = Field(default=300, ge=1, le=86400)
+    link_max_ttl: int = Field(default=7 * 24 * 3600, ge=1, le=366 * 24 * 3600)
+    console: bool = True
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
@@ -153,6 +165,41 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item.strip()!r} is not WIDTHxHEIGHT (e.g. 256x256)")
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        origins = parse_origins(value)  # raises ValueError with the reason
+        return ",".join(origins)
+
+    @field_validator("url_signing_keys")
+    @classmethod
+    def _check_signing_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        keys = [key.strip() for key in value.get_secret_value().split(",")]
+        # Never the key in the message: only its position.
+        for position, key in enumerate(keys, start=1):
+            if len(key) < MIN_SIGNING_KEY or any(ch.isspace() for ch in key):
+                raise ValueError(
+                    f"key {position} must be at least {MIN_SIGNING_KEY} characters without "
+                    "spaces (e.g. `openssl rand -base64 32`)"
+                )
+        return SecretStr(",".join(keys))
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """The allowed origins (`("*",)` for any); empty when CORS is off."""
+        return tuple(self.cors_origins.split(",")) if self.cors_origins else ()
+
+    @property
+    def signing_keys(self) -> tuple[bytes, ...]:
+        """The configured link-signing keys, first one signing; empty: the database's."""
+        if self.url_signing_keys is None:
+            return ()
+        return tuple(key.encode() for key in self.url_signing_keys.get_secret_value().split(","))
+
     @property
     def allowed_sizes(self) -> frozenset[tuple[int, int]] | None:
         if self.variant_sizes is None:
@@ -177,6 +224,30 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.sqlalchemy_url.get_backend_name() == "sqlite"
+
+
+MIN_SIGNING_KEY = 32
+_ORIGIN = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?", re.ASCII)
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """`*` alone, or origins as browsers send them in `Origin`: scheme, host, optional
+    port, nothing else (a path or a trailing slash would never match)."""
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if items == ["*"]:
+        return ("*",)
+    origins = []
+    for position, item in enumerate(items, start=1):
+        origin = item.lower()
+        if origin == "*":
+            raise ValueError("`*` allows every origin and cannot be combined with others")
+        if not _ORIGIN.fullmatch(origin):
+            raise ValueError(
+                f"entry {position} is not an origin like https://app.example.com or "
+                "http://localhost:3000 (scheme, host, optional port; no path)"
+            )
+        origins.append(origin)
+    return tuple(origins)
 
 
 class ConfigurationError(Exception):

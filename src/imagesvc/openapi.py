@@ -28,7 +28,8 @@ _ALWAYS = {
     "503": "Database or object store unavailable (`Retry-After`).",
 }
 # Reachable without a key when the image is public.
-_PUBLIC_READS = {"getImageContent", "getImageVariant"}
+# (HEAD too; and with a signed link, `exp` + `sig`, any image without a key.)
+_PUBLIC_READS = {"getImageContent", "getImageVariant", "headImageContent", "headImageVariant"}
 
 DESCRIPTION = """
 Upload, serve, list, render and delete images: bytes in S3-compatible storage, facts in SQL.

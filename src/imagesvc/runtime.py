@@ -21,6 +21,7 @@ from imagesvc.imaging.pool import RenderPool
 from imagesvc.maintenance.loop import periodic_gc
 from imagesvc.maintenance.reconciler import Reconciler
 from imagesvc.serving.content import ServeOptions
+from imagesvc.serving.links import LinkKeys, LinkService
 from imagesvc.serving.service import ContentService
 from imagesvc.storage.layout import KeyLayout
 from imagesvc.storage.local import LocalObjectStore
@@ -71,6 +72,7 @@ class Runtime:
     content: ContentService
     uploads: UploadService
     variants: VariantService
+    links: LinkService
     reconciler: Reconciler
 
     def __init__(self, settings: Settings) -> None:
@@ -149,15 +151,26 @@ class Runtime:
             layout=layout,
             placeholders=Placeholders(store, self.pool),
         )
+        policy = VariantPolicy(settings.variant_max_dimension, settings.allowed_sizes)
         self.variants = VariantService(
             db,
             store,
             self.images,
             self.pool,
-            VariantPolicy(settings.variant_max_dimension, settings.allowed_sizes),
+            policy,
             layout=layout,
             options=options,
             lease_seconds=settings.upload_lease_seconds,
+        )
+        self.links = LinkService(
+            LinkKeys(
+                db,
+                configured=settings.signing_keys,
+                window=settings.link_window,
+                max_ttl=settings.link_max_ttl,
+            ),
+            self.images,
+            policy,
         )
         self.reconciler = Reconciler(
             db,

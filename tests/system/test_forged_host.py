@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -84,7 +85,10 @@ def assert_untouched(
     assert EVIL.encode() not in raw, raw[:2000]
     location = headers.get("location")
     if location is not None and not (configured and location.startswith(configured + "/")):
-        assert location.startswith("/"), location
+        # A relative reference: no scheme and no authority (`/console`, `console`).
+        parts = urlsplit(location)
+        assert not parts.scheme, location
+        assert not parts.netloc, location
         assert not location.startswith("//"), location
     return status, headers, body
 

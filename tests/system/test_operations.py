@@ -206,7 +206,7 @@ async def _pending(settings: Settings) -> int:
     return sum(1 for row in table.values() if row["status"] != "ready")
 
 
-def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
+def test_wheel_ships_the_migrations_and_the_console(tmp_path: Path) -> None:
     subprocess.run(
         [
             sys.executable,
@@ -231,6 +231,16 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
         for p in (ROOT / "alembic" / "versions").glob("*.py")
     )
     assert versions == expected
+    # The console's static files (console/static/) ship as package data.
+    static = sorted(n for n in names if n.startswith("imagesvc/console/static/"))
+    shipped = sorted(
+        f"imagesvc/console/static/{p.name}"
+        for p in (ROOT / "src" / "imagesvc" / "console" / "static").iterdir()
+    )
+    assert static == shipped
+    assert {"index.html", "console.js", "console.css", "blurhash.js"} <= {
+        name.rsplit("/", 1)[1] for name in static
+    }
 
 
 def test_compose_file_is_valid_and_wired() -> None:

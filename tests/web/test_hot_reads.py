@@ -341,3 +341,51 @@ async def test_middleware_an_embedding_app_adds_wraps_the_hot_reads_too(
             for path in ("/v1/images/img_nope", "/v1/images/img_nope/content", "/healthz"):
                 response = await client.get(path, headers={"Authorization": f"Bearer {key.key}"})
                 assert response.headers.get("x-embedded") == "yes", (path, response.status_code)
+
+
+async def test_signed_links_and_downloads_answer_like_the_framework(
+    app: FastAPI, anonymous: httpx.AsyncClient
+) -> None:
+    """Signed content links take the hot path (and its answer cache): valid, tampered,
+    expired, with a download, in both serving modes, and once their image is gone."""
+    import time
+
+    key = await app.state.runtime.keys.create(f"frank-{uuid.uuid4().hex[:8]}")
+    auth = {"Authorization": f"Bearer {key.key}"}
+    for redirect in (True, False):
+        with serving(app, redirect=redirect):
+            image_id = (await upload(anonymous, jpeg((64, 48)), headers=auth))["id"]
+            minted = await anonymous.post(f"/v1/images/{image_id}/links", json={}, headers=auth)
+            link = minted.json()["url"]
+            download = (
+                await anonymous.post(
+                    f"/v1/images/{image_id}/links", json={"download": True}, headers=auth
+                )
+            ).json()["url"]
+            signer = await app.state.runtime.links.keys.signer()
+            path = f"/v1/images/{image_id}/content"
+            expired = signer.sign(path, {"exp": str(int(time.time()) - 1)})
+            cases: list[tuple[str, dict[str, str], int]] = [
+                (link, {}, -1),
+                (link, auth, -1),
+                (download, {}, -1),
+                (f"{path}?download=1", auth, -1),
+                (link.replace("exp=", "exp=1"), {}, 403),
+                (link[:-1], {}, 403),
+                (expired, {}, 403),
+                (link, {"Authorization": "Bearer nope"}, 401),
+                (f"/v1/images/{image_id}?links=64x64", auth, 200),  # FastAPI's either way
+            ]
+            for url, headers, status in cases:
+                hot, framework = await both_ways(app, anonymous, url, headers)
+                assert_same(hot, framework)
+                if status == -1:
+                    assert hot.status_code in (200, 302), (url, hot.text)
+                else:
+                    assert hot.status_code == status, (url, hot.text)
+            assert (
+                await anonymous.delete(path.removesuffix("/content"), headers=auth)
+            ).status_code == 204
+            hot, framework = await both_ways(app, anonymous, link, {})
+            assert_same(hot, framework)
+            assert hot.status_code == 404

@@ -12,6 +12,9 @@ from imagesvc.errors import problem_responses
 from imagesvc.images.cursor import decode_cursor, encode_cursor
 from imagesvc.images.schemas import ImageId, ImageList, ImageOut, ImagePatch, image_response
 from imagesvc.images.service import ImageService
+from imagesvc.serving.http import LinksDep
+from imagesvc.serving.links import LinkService
+from imagesvc.serving.schemas import SPEC_PATTERN, parse_spec
 
 
 async def get_images(request: Request) -> ImageService:
@@ -23,26 +26,42 @@ ImagesDep = Annotated[ImageService, Depends(get_images)]
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
+LinksQuery = Annotated[
+    str | None,
+    Query(
+        pattern=SPEC_PATTERN,
+        description="`WxH`: add `links.signed_content` and `links.signed_variant` (that "
+        "size, default fit and format), signed links that work without a key, e.g. in "
+        "`<img>` tags.",
+        examples=["256x256"],
+    ),
+]
+
 
 @router.get(
     "",
     operation_id="listImages",
     summary="List images, newest first",
-    description="Keyset pagination: pass `next_cursor` back as `cursor` until it is null.",
+    description="Keyset pagination: pass `next_cursor` back as `cursor` until it is null. "
+    "With `links=WxH` every item carries signed links, so a gallery paints from one call.",
     responses=problem_responses(422, 503),
 )
 async def list_images(
     service: ImagesDep,
     owner: OwnerDep,
+    link_service: LinksDep,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[
         str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
     ] = None,
+    links: LinksQuery = None,
 ) -> ImageList:
     after = decode_cursor(cursor) if cursor else None
+    box = _link_box(link_service, links)
     page = await service.list(owner=owner, after=after, limit=limit)
+    signed = await link_service.gallery([image.id for image in page.items], box) if box else {}
     return ImageList(
-        items=[ImageOut.of(image) for image in page.items],
+        items=[ImageOut.of(image, signed.get(image.id)) for image in page.items],
         next_cursor=encode_cursor(page.last_id) if page.last_id else None,
     )
 
@@ -51,12 +70,30 @@ async def list_images(
     "/{image_id}",
     operation_id="getImage",
     summary="Get an image's metadata",
-    description="The Image resource, for the owner's key only (another owner's image is 404).",
+    description="The Image resource, for the owner's key only (another owner's image is 404). "
+    "With `links=WxH`, signed links too (see `listImages`).",
     response_model=ImageOut,
     responses=problem_responses(404, 503),
 )
-async def get_image(image_id: ImageId, service: ImagesDep, owner: OwnerDep) -> Response:
-    return image_response(await service.get(owner=owner, image_id=image_id))
+async def get_image(
+    image_id: ImageId,
+    service: ImagesDep,
+    owner: OwnerDep,
+    link_service: LinksDep,
+    links: LinksQuery = None,
+) -> Response:
+    box = _link_box(link_service, links)
+    image = await service.get(owner=owner, image_id=image_id)
+    signed = (await link_service.gallery([image.id], box))[image.id] if box else None
+    return image_response(image, signed)
+
+
+def _link_box(link_service: LinkService, links: str | None) -> tuple[int, int] | None:
+    if links is None:
+        return None
+    box = parse_spec(links)
+    link_service.check_box(box)  # a size the variants route refuses: 422 now
+    return box
 
 
 @router.patch(

@@ -1,5 +1,6 @@
 """Every table of the image lifecycle: `images` (one row per image, its state and facts),
-`variants` (renditions) and `idempotency_keys` (retry-safe uploads)."""
+`variants` (renditions), `idempotency_keys` (retry-safe uploads) and `url_signing_keys` (the
+database-kept key of signed links)."""
 
 from __future__ import annotations
 
@@ -133,3 +134,18 @@ class Variant(Base):
         Index("ix_variants_storage_key", "storage_key"),
         {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},
     )
+
+
+class UrlSigningKey(Base):
+    """The key that signs links (serving/links.py) when `IMAGESVC_URL_SIGNING_KEYS` is
+    unset: generated once by whichever replica needs it first and kept here, so every
+    replica signs and verifies alike. One row, id `default`."""
+
+    __tablename__ = "url_signing_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # 256 random bits, URL-safe base64. A secret: never logged, never in a response.
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = ({"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},)

@@ -37,9 +37,24 @@ _IMAGE_EXAMPLE: dict[str, Any] = {
 }
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class ImageLinks(BaseModel):
     self_: str = Field(alias="self", serialization_alias="self", description="This resource.")
     content: str = Field(description="The image bytes (302 to a signed URL, or the bytes).")
+    # Only with `?links=WxH` (SPEC §9): links that work without a key, for `<img>` tags.
+    signed_content: str | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="With `?links=`: a signed link to the bytes (no key needed; expires).",
+    )
+    signed_variant: str | None = Field(
+        default=None,
+        exclude_if=_absent,
+        description="With `?links=WxH`: a signed link to that rendition (default fit and format).",
+    )
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -72,7 +87,8 @@ class ImageOut(BaseModel):
         return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
     @classmethod
-    def of(cls, image: Image) -> ImageOut:
+    def of(cls, image: Image, signed: tuple[str, str] | None = None) -> ImageOut:
+        """`signed`: the (content, variant) signed links, for `?links=`."""
         assert image.byte_size is not None
         assert image.sha256 is not None
         base = f"/v1/images/{image.id}"
@@ -90,15 +106,22 @@ class ImageOut(BaseModel):
             blurhash=image.blurhash,
             dominant_color=image.dominant_color,
             created_at=image.created_at,
-            links=ImageLinks.model_validate({"self": base, "content": f"{base}/content"}),
+            links=ImageLinks.model_validate(
+                {
+                    "self": base,
+                    "content": f"{base}/content",
+                    "signed_content": signed[0] if signed else None,
+                    "signed_variant": signed[1] if signed else None,
+                }
+            ),
         )
 
 
-def image_response(image: Image) -> Response:
+def image_response(image: Image, signed: tuple[str, str] | None = None) -> Response:
     """An Image as JSON, exactly as FastAPI would send the response model (pydantic's JSON,
     by alias); one function, so the fast path (web/hot_reads.py) sends the same bytes."""
     return Response(
-        ImageOut.of(image).model_dump_json(by_alias=True), media_type="application/json"
+        ImageOut.of(image, signed).model_dump_json(by_alias=True), media_type="application/json"
     )
 
 

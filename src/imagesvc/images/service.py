@@ -25,6 +25,7 @@ from imagesvc.images.filenames import sanitise_filename
 from imagesvc.images.models import Image, ImageStatus, Visibility, parse_visibility
 from imagesvc.images.repository import ImageRepository, ready_by_id
 from imagesvc.serving.content import Blob
+from imagesvc.serving.disposition import download_name
 from imagesvc.storage.layout import KeyLayout
 from imagesvc.storage.port import ObjectStore
 
@@ -57,6 +58,7 @@ def blob_of(image: Image) -> Blob:
         byte_size=image.byte_size,
         content_type=image.content_type,
         public=image.visibility == Visibility.PUBLIC,
+        name=download_name(image.filename, image.id, image.content_type),
     )
 
 
@@ -92,24 +94,31 @@ class ImageService:
         more = len(rows) > limit
         return Page(items=items, last_id=items[-1].id if more and items else None)
 
-    async def viewable(self, *, viewer: str | None, image_id: str) -> Readable:
+    async def viewable(
+        self, *, viewer: str | None, image_id: str, granted: bool = False
+    ) -> Readable:
         """A ready image `viewer` (an owner, or None without a key) may fetch: their own,
-        or anyone's public one. Another owner's private image is exactly like a missing one."""
+        or anyone's public one, or any one a verified signed link grants (`granted`).
+        Another owner's private image is exactly like a missing one."""
         readable = self.rows.get(image_id)
         if readable is None:
             # Single flight: when a hot entry expires, the requests that find it expired
             # share one query instead of each taking a pooled connection.
             generation = self.rows.generation
             readable = await self._loading.do(image_id, lambda: self._load(image_id, generation))
-        if readable is None or (not readable.blob.public and readable.owner != viewer):
+        if readable is None:
+            raise NotFound(f"no image {image_id}")
+        if not granted and not readable.blob.public and readable.owner != viewer:
             raise NotFound(f"no image {image_id}")
         return readable
 
-    async def still_viewable(self, *, viewer: str | None, image_id: str) -> bool:
+    async def still_viewable(
+        self, *, viewer: str | None, image_id: str, granted: bool = False
+    ) -> bool:
         """Read the row again, past the cache (its object turned out to be missing)."""
         self.forget(image_id)
         try:
-            await self.viewable(viewer=viewer, image_id=image_id)
+            await self.viewable(viewer=viewer, image_id=image_id, granted=granted)
         except NotFound:
             return False
         return True

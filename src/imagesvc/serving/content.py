@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from imagesvc.errors import NotFound, RangeNotSatisfiable, ServiceUnavailable
+from imagesvc.serving.disposition import content_disposition
 from imagesvc.storage.port import ByteRange, ObjectMissing, ObjectStore, ObjectStream
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class Blob:
     byte_size: int
     content_type: str
     public: bool
+    # What a download is called (serving/disposition.py: the filename, else `<id>.<ext>`).
+    name: str
 
     @property
     def etag(self) -> str:
@@ -70,6 +73,27 @@ class Conditions:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkGrant:
+    """A verified signed link (serving/links.py): it stands in for the owner's key, for
+    the resource and options it was signed for, until `expires_at` (unix seconds)."""
+
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How the bytes are asked for, beyond conditions: as a download (`?download=1`),
+    headers only (HEAD: no object is opened), through a signed link."""
+
+    download: bool = False
+    head: bool = False
+    grant: LinkGrant | None = None
+
+
+PLAIN = Delivery()
+
+
+@dataclass(frozen=True, slots=True)
 class Redirect:
     url: str
     blob: Blob
@@ -84,8 +108,9 @@ class NotModified:
 @dataclass(frozen=True, slots=True)
 class Bytes:
     blob: Blob
-    stream: ObjectStream
+    stream: ObjectStream | None  # None for HEAD: the headers of the bytes, not the bytes
     byte_range: ByteRange | None
+    download: bool = False
 
 
 Content = Redirect | NotModified | Bytes
@@ -105,6 +130,7 @@ async def serve(
     conditions: Conditions,
     *,
     still_there: Callable[[], Awaitable[bool]],
+    delivery: Delivery = PLAIN,
 ) -> Content:
     """`still_there` re-checks the row when the object is missing: a delete that raced
     this read makes it a 404; otherwise the store lost data and it is a 503."""
@@ -114,10 +140,14 @@ async def serve(
     if conditions.if_range is not None and conditions.if_range.strip() != blob.etag:
         byte_range = None  # the client's partial copy is stale: send it all
     if options.redirect:
-        redirect = await _redirect(store, options, blob)
+        redirect = await _redirect(store, options, blob, delivery.download)
         if redirect is not None:
             return redirect
     resolved = byte_range.resolve(blob.byte_size) if byte_range else None
+    if delivery.head:
+        # What GET would send, from the row alone: the object is not opened. (A row whose
+        # object vanished is found by the GET that follows, as the row cache allows.)
+        return Bytes(blob, None, resolved, delivery.download)
     try:
         stream = await store.open_read(blob.storage_key, resolved)
     except ObjectMissing:
@@ -125,16 +155,24 @@ async def serve(
             raise NotFound("no such image") from None
         log.error("object %s of a ready row is missing", blob.storage_key)
         raise ServiceUnavailable("the image's bytes are unavailable; retry shortly") from None
-    return Bytes(blob, stream, resolved)
+    return Bytes(blob, stream, resolved, delivery.download)
 
 
-async def _redirect(store: ObjectStore, options: ServeOptions, blob: Blob) -> Redirect | None:
-    if blob.public and options.public_base_url:
+async def _redirect(
+    store: ObjectStore, options: ServeOptions, blob: Blob, download: bool
+) -> Redirect | None:
+    if blob.public and options.public_base_url and not download:
         # The CDN URL of a key never changes; an hour bounds how long a redirect outlives
         # a switch back to private in shared caches.
         url = quote(f"{options.public_base_url}/{blob.storage_key}", safe=_URL_SAFE)
         return Redirect(url, blob, 3600)
-    signed = await store.signed_url(blob.storage_key, ttl=options.signed_url_ttl)  # encoded
+    # A download's name is baked into the signed URL (`response-content-disposition`): the
+    # store sends it, so the browser saves under the image's name, not the storage key.
+    # (Not via the CDN: its URL cannot carry it.)
+    disposition = content_disposition("attachment", blob.name) if download else None
+    signed = await store.signed_url(  # already encoded
+        blob.storage_key, ttl=options.signed_url_ttl, content_disposition=disposition
+    )
     if signed is None:
         return None
     # Reusable only while the signed URL is comfortably valid.

@@ -167,7 +167,9 @@ class LocalObjectStore:
         path = self.root / INCOMING / Path(upload.upload_id).name
         await _io(lambda: path.unlink(missing_ok=True))
 
-    async def signed_url(self, key: str, *, ttl: int) -> SignedUrl | None:
+    async def signed_url(
+        self, key: str, *, ttl: int, content_disposition: str | None = None
+    ) -> SignedUrl | None:
         return None  # files are served through the API (proxy), there is nothing to sign
 
     async def ping(self) -> None:

@@ -130,8 +130,12 @@ class ObjectStore(Protocol):
     async def abort_upload(self, upload: UploadInfo) -> None:
         """Discard an unfinished write; one already gone is not an error."""
 
-    async def signed_url(self, key: str, *, ttl: int) -> SignedUrl | None:
-        """A time-limited GET URL, or None when this store can only be read through us."""
+    async def signed_url(
+        self, key: str, *, ttl: int, content_disposition: str | None = None
+    ) -> SignedUrl | None:
+        """A time-limited GET URL, or None when this store can only be read through us.
+        With `content_disposition`, the store answers the URL with that header (S3's
+        `response-content-disposition`), and the value is covered by the signature."""
 
     async def ping(self) -> None:
         """Raise StorageUnavailable unless the store (and its bucket) answers."""

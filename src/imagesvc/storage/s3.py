@@ -92,8 +92,9 @@ class S3ObjectStore:
         # still arriving from the client cannot offer. Everything else goes through
         # `client`, payload signed as before.
         self._stream_client: S3Client | None = None
-        # (key, ttl) -> (the URL, when it was signed); kept for the first quarter of its life.
-        self._signed: TtlCache[tuple[str, int], tuple[str, float]] = TtlCache(
+        # (key, ttl, disposition) -> (the URL, when it was signed); kept for the first
+        # quarter of its life.
+        self._signed: TtlCache[tuple[str, int, str | None], tuple[str, float]] = TtlCache(
             FOREVER, _SIGNED_CACHE_MAX
         )
 
@@ -281,22 +282,27 @@ class S3ObjectStore:
                 ),
             )
 
-    async def signed_url(self, key: str, *, ttl: int) -> SignedUrl | None:
+    async def signed_url(
+        self, key: str, *, ttl: int, content_disposition: str | None = None
+    ) -> SignedUrl | None:
         """Signing costs ~0.3 ms of CPU, the most expensive step of a cached redirect, so a
         URL is reused during the first quarter of its life: every answer still has at
         least three quarters of the TTL left, and repeat requests get the same URL, which
         browsers and CDNs can cache."""
-        cached = self._signed.get((key, ttl))
+        cached = self._signed.get((key, ttl, content_disposition))
         if cached is not None:
             return SignedUrl(cached[0], valid_for=ttl - (time.monotonic() - cached[1]))
+        params = {"Bucket": self.bucket, "Key": key}
+        if content_disposition is not None:
+            params["ResponseContentDisposition"] = content_disposition
         url: str = await _call(
             "presign",
-            self.client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl
-            ),
+            self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl),
         )
         now = time.monotonic()
-        self._signed.put((key, ttl), (url, now), since=now, expires=now + ttl / 4)
+        self._signed.put(
+            (key, ttl, content_disposition), (url, now), since=now, expires=now + ttl / 4
+        )
         return SignedUrl(url, valid_for=ttl)
 
     async def ping(self) -> None:

@@ -229,4 +229,51 @@ class _MultipartReader:
         if self._file_seen:
             raise BadRequest("the multipart body has more than one `file` part")
         self._file_seen = self._in_file = True
+        extended = extended_filename(self._headers.get("content-disposition", b""))
+        if extended is not None:  # RFC 7578 §4.2 / RFC 8187: it wins over `filename=`
+            return ("file_start", extended.encode())
         return ("file_start", params.get(b"filename", b""))
+
+
+_CHARSETS = ("utf-8", "iso-8859-1")
+
+
+def _parameters(header: str) -> list[str]:
+    """The `;`-separated parts of a header value, `;` inside a quoted string kept (a
+    hostile `filename="a; filename*=..."` is one parameter, not two)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in header:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def extended_filename(disposition: bytes) -> str | None:
+    """`filename*=UTF-8''na%C3%AFve.jpg` of a part's Content-Disposition, decoded; None when
+    absent or unusable (another charset, bad percent-encoding), so `filename=` applies.
+    python-multipart drops `*` parameters, so they are read here from the raw header."""
+    for part in _parameters(disposition.decode("latin-1"))[1:]:
+        name, equals, value = part.partition("=")
+        if not equals or name.strip().lower() != "filename*":
+            continue
+        charset, first, rest = value.strip().partition("'")
+        _language, second, encoded = rest.partition("'")
+        if not (first and second) or charset.lower() not in _CHARSETS:
+            return None
+        try:
+            return unquote(encoded, encoding=charset.lower(), errors="strict") or None
+        except UnicodeDecodeError:
+            return None
+    return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
@@ -13,9 +13,13 @@ from imagesvc.imaging.render import Fit
 from imagesvc.serving.http import (
     CONDITION_HEADERS,
     CONTENT_RESPONSES,
+    DELIVERY_PARAMETERS,
+    HEAD_RESPONSES,
     ConditionsDep,
+    DeliveryDep,
     content_response,
 )
+from imagesvc.serving.schemas import SPEC_PATTERN, VariantFormat
 from imagesvc.variants.service import VariantService
 
 
@@ -25,32 +29,16 @@ async def get_variants(request: Request) -> VariantService:
 
 
 VariantsDep = Annotated[VariantService, Depends(get_variants)]
-VariantFormat = Literal["auto", "jpeg", "png", "webp", "avif"]
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
 
-@router.get(
-    "/{image_id}/variants/{spec}",
-    operation_id="getImageVariant",
-    summary="Get a resized rendition",
-    description=(
-        "Renders once (EXIF orientation applied, metadata stripped, sRGB, first frame of "
-        "animations), stores it, and serves it like `/content` afterwards. Sizes larger "
-        "than `IMAGESVC_VARIANT_MAX_DIMENSION` are clamped (proportions kept) and never "
-        "upscale the image. `format=auto` picks AVIF, then WebP, from `Accept`, else the "
-        "source's family, and the response varies on `Accept`."
-    ),
-    response_class=Response,
-    responses={**CONTENT_RESPONSES, **problem_responses(401, 404, 413, 416, 422, 429, 503)},
-    openapi_extra={"parameters": CONDITION_HEADERS},
-)
 async def get_image_variant(
     image_id: ImageId,
     spec: Annotated[
         str,
         Path(
-            pattern=r"^[0-9]{1,5}x[0-9]{1,5}$",
+            pattern=SPEC_PATTERN,
             description="`{width}x{height}` of the box, e.g. `256x256`.",
             examples=["256x256"],
         ),
@@ -58,6 +46,7 @@ async def get_image_variant(
     variants: VariantsDep,
     viewer: ViewerDep,
     conditions: ConditionsDep,
+    delivery: DeliveryDep,
     fit: Annotated[
         Fit,
         Query(description="`contain` (inside the box), `cover` (fills it, cropped), `fill`."),
@@ -74,5 +63,41 @@ async def get_image_variant(
         output=format,
         accept=accept,
         conditions=conditions,
+        delivery=delivery,
     )
-    return content_response(result, vary_accept=format == "auto")
+    return content_response(result, vary_accept=format == "auto", delivery=delivery)
+
+
+# GET and HEAD: one endpoint, two operations (see serving/endpoints.py). HEAD of a
+# rendition not made yet renders it, as GET would: its headers need its bytes.
+_ERRORS = problem_responses(401, 403, 404, 413, 416, 422, 429, 503)
+router.add_api_route(
+    "/{image_id}/variants/{spec}",
+    get_image_variant,
+    methods=["GET"],
+    operation_id="getImageVariant",
+    summary="Get a resized rendition",
+    description=(
+        "Renders once (EXIF orientation applied, metadata stripped, sRGB, first frame of "
+        "animations), stores it, and serves it like `/content` afterwards. Sizes larger "
+        "than `IMAGESVC_VARIANT_MAX_DIMENSION` are clamped (proportions kept) and never "
+        "upscale the image. `format=auto` picks AVIF, then WebP, from `Accept`, else the "
+        "source's family, and the response varies on `Accept`. `download=1` and signed "
+        "links (`exp`, `sig`) work as on `/content`."
+    ),
+    response_class=Response,
+    responses={**CONTENT_RESPONSES, **_ERRORS},
+    openapi_extra={"parameters": [*CONDITION_HEADERS, *DELIVERY_PARAMETERS]},
+)
+router.add_api_route(
+    "/{image_id}/variants/{spec}",
+    get_image_variant,
+    methods=["HEAD"],
+    operation_id="headImageVariant",
+    summary="A rendition's headers, without the bytes",
+    description="Exactly what GET answers (status and headers), without a body; the "
+    "rendition's object is not read (one not rendered yet is rendered first).",
+    response_class=Response,
+    responses={**HEAD_RESPONSES, **_ERRORS},
+    openapi_extra={"parameters": [*CONDITION_HEADERS, *DELIVERY_PARAMETERS]},
+)

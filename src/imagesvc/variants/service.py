@@ -26,7 +26,16 @@ from imagesvc.imaging import render as imaging
 from imagesvc.imaging.pool import RenderPool
 from imagesvc.imaging.render import Fit, OutputFormat, RenderError
 from imagesvc.observability.metrics import RENDER_SECONDS, RENDERS
-from imagesvc.serving.content import Blob, Conditions, Content, ServeOptions, serve
+from imagesvc.serving.content import (
+    PLAIN,
+    Blob,
+    Conditions,
+    Content,
+    Delivery,
+    ServeOptions,
+    serve,
+)
+from imagesvc.serving.disposition import variant_download_name
 from imagesvc.storage.layout import KeyLayout
 from imagesvc.storage.port import ObjectMissing, ObjectStore, read_object
 from imagesvc.variants.policy import VariantPolicy, choose_format
@@ -80,24 +89,32 @@ class VariantService:
         output: str,
         accept: str | None,
         conditions: Conditions,
+        delivery: Delivery = PLAIN,
     ) -> Content:
         box = self.policy.box(*size)
-        image = (await self.images.viewable(viewer=viewer, image_id=image_id)).image
+        granted = delivery.grant is not None
+        image = (
+            await self.images.viewable(viewer=viewer, image_id=image_id, granted=granted)
+        ).image
         chosen = choose_format(output, accept, image.content_type)
         key = VariantKey(image.id, box[0], box[1], fit.value, chosen.value)
         variant = await self._ready(image, key)
         assert variant.sha256 is not None
         assert variant.byte_size is not None
+        content_type = variant.content_type or imaging.CONTENT_TYPES[chosen]
         blob = Blob(
             storage_key=variant.storage_key,
             sha256=variant.sha256,
             byte_size=variant.byte_size,
-            content_type=variant.content_type or imaging.CONTENT_TYPES[chosen],
+            content_type=content_type,
             public=image.visibility == Visibility.PUBLIC,
+            name=variant_download_name(image.filename, image.id, box, content_type),
         )
 
         async def still_there() -> bool:
-            if not await self.images.still_viewable(viewer=viewer, image_id=image.id):
+            if not await self.images.still_viewable(
+                viewer=viewer, image_id=image.id, granted=granted
+            ):
                 return False  # deleted meanwhile: a 404
             # The image is there but this rendition's object is not: forget the rendition,
             # so that the next request renders it again (this one gets a 503 to retry).
@@ -106,7 +123,9 @@ class VariantService:
             )
             return True
 
-        return await serve(self.store, self.options, blob, conditions, still_there=still_there)
+        return await serve(
+            self.store, self.options, blob, conditions, still_there=still_there, delivery=delivery
+        )
 
     async def _ready(self, image: Image, key: VariantKey) -> Variant:
         existing = await self.db.read(lambda tx: VariantRepository(tx).get(key))

@@ -21,7 +21,10 @@ from: it expires when the cached row (ImageService.rows) or the cached key
 (KeyService.cache) it used expires, and is dropped as soon as either cache changes
 generation (this process's PATCH, DELETE or key revocation). Replays still take a
 rate-limit token. Requests with `Range`, `If-None-Match` or `If-Range` are always computed.
-Entries are keyed by a SHA-256 of the Authorization header, never the key itself.
+Entries are keyed by the raw query string and a SHA-256 of the Authorization header, never
+the key itself. Signed content links (`?exp=&sig=`, serving/links.py) take this path too,
+through the same `request_delivery` dependency as the route, and their kept answers expire
+with the link. HEAD, and metadata requests with a query (`?links=`), go to FastAPI.
 
 It sits inside the request context (web/context.py), so request ids, log lines and metrics
 are the same as for every other route, and both sit outside FastAPI's own middleware
@@ -35,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import re
+import time
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,11 +57,19 @@ from imagesvc.images import endpoints as image_endpoints
 from imagesvc.images.schemas import IMAGE_ID_MAX_LENGTH
 from imagesvc.runtime import Runtime
 from imagesvc.serving import endpoints as content_endpoints
-from imagesvc.serving.http import CONDITION_NAMES, request_conditions
+from imagesvc.serving.http import (
+    CONDITION_NAMES,
+    get_link_service,
+    request_conditions,
+    request_delivery,
+)
 
 _CANONICAL_BEARER = re.compile(b"Bearer " + KEY_PATTERN.pattern.encode())
 _MAX_ANSWERS = 10_000
-AnswerKey = tuple[str, bool, bytes | None]  # (image id, content?, sha256 of Authorization)
+# Longer query strings are answered but not kept: no client spreads itself over entries.
+_MAX_KEPT_QUERY = 512
+# (image id, content?, raw query string, sha256 of Authorization)
+AnswerKey = tuple[str, bool, bytes, bytes | None]
 
 
 def _route(router: APIRouter, endpoint: Callable[..., Any]) -> APIRoute:
@@ -94,6 +106,8 @@ def _check_endpoints() -> None:
                 ("image_id", None),
                 ("service", image_endpoints.get_images),
                 ("owner", current_owner),
+                ("link_service", get_link_service),
+                ("links", None),  # a query parameter: such requests go to FastAPI
             ],
         ),
         (
@@ -103,6 +117,7 @@ def _check_endpoints() -> None:
                 ("service", content_endpoints.get_content),
                 ("viewer", optional_owner),
                 ("conditions", request_conditions),
+                ("delivery", request_delivery),
             ],
         ),
     ]
@@ -170,10 +185,12 @@ class HotReads:
         route and path parameters in the scope, as FastAPI's router would (logs and
         metrics label requests by route template)."""
         if scope["type"] != "http" or scope["method"] != "GET":
-            return None
+            return None  # HEAD too: FastAPI's HEAD routes answer it, from the same endpoint
         for route in (_CONTENT, _METADATA):
             match, child = route.matches(scope)
             if match is Match.FULL:
+                if route is _METADATA and scope["query_string"]:
+                    return None  # `?links=` and whatever else: FastAPI parses queries
                 if len(child["path_params"]["image_id"]) > IMAGE_ID_MAX_LENGTH:
                     return None
                 scope.update(child)
@@ -199,20 +216,28 @@ class HotReads:
         row_expires = rows.expires_at(image_id)
         request = Request(scope, receive)
         response: Response
+        link_expires: float | None = None
         try:
             if content:
                 viewer = await optional_owner(request)
                 conditions = await request_conditions(request)
+                delivery = await request_delivery(request)
+                if delivery.grant is not None:
+                    # A signed link's answer is kept no longer than the link is valid.
+                    left = delivery.grant.expires_at - time.time()
+                    link_expires = time.monotonic() + left
                 response = await content_endpoints.get_image_content(
-                    image_id, runtime.content, viewer, conditions
+                    image_id, runtime.content, viewer, conditions, delivery
                 )
             else:
                 owner = await current_owner(request)
-                response = await image_endpoints.get_image(image_id, runtime.images, owner)
+                response = await image_endpoints.get_image(
+                    image_id, runtime.images, owner, runtime.links
+                )
         except ProblemError as exc:
             return await handle_problem(request, exc)
         if key is not None and response.status_code in (200, 302):
-            self._keep(scope, key, response, generations, row_expires)
+            self._keep(scope, key, response, generations, row_expires, link_expires)
         return response
 
     @staticmethod
@@ -229,11 +254,14 @@ class HotReads:
                 authorization = value
             elif name in CONDITION_NAMES:
                 return None
+        query: bytes = scope["query_string"]
+        if len(query) > _MAX_KEPT_QUERY:
+            return None
         if authorization is None:
-            return image_id, content, None
+            return image_id, content, query, None
         if not _CANONICAL_BEARER.fullmatch(authorization):
             return None
-        return image_id, content, hashlib.sha256(authorization).digest()
+        return image_id, content, query, hashlib.sha256(authorization).digest()
 
     def _keep(
         self,
@@ -242,6 +270,7 @@ class HotReads:
         response: Response,
         generations: tuple[int, int],
         row_expires: float | None,
+        link_expires: float | None = None,
     ) -> None:
         if type(response) is not Response:  # proxied bytes stream: never kept
             return
@@ -250,7 +279,7 @@ class HotReads:
             row_expires = runtime.images.rows.expires_at(key[0])
         if row_expires is None:  # not cached (read cache off): neither is the answer
             return
-        expires = row_expires
+        expires = row_expires if link_expires is None else min(row_expires, link_expires)
         state = scope.get("state", {})
         key_id = state.get("key_id")
         if key_id is not None:

@@ -1,5 +1,5 @@
-"""The middleware stack: the request context and the fast read path outside FastAPI's own
-middleware."""
+"""The middleware stack: the request context, CORS and the fast read path outside FastAPI's
+own middleware."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from starlette.types import ASGIApp
 
 from imagesvc.runtime import Runtime
 from imagesvc.web.context import RequestContextMiddleware
+from imagesvc.web.cors import CorsMiddleware
 from imagesvc.web.hot_reads import HotReads
 
 
@@ -35,7 +36,16 @@ class ImagesvcAPI(FastAPI):
             framework = super().build_middleware_stack()
         finally:
             self.user_middleware = added
-        app: ASGIApp = RequestContextMiddleware(HotReads(framework, self.runtime))
+        app: ASGIApp = HotReads(framework, self.runtime)
+        settings = self.runtime.settings
+        if settings.cors_origin_list:
+            # Outside the hot reads and the error layer: every response to an allowed
+            # origin, 500s included, carries the CORS headers (web/cors.py). Inside the
+            # request context, so a refused preflight is logged and has its request id.
+            app = CorsMiddleware(
+                app, origins=settings.cors_origin_list, max_age=settings.cors_max_age
+            )
+        app = RequestContextMiddleware(app)
         for middleware in reversed(added):
             app = middleware.cls(app, *middleware.args, **middleware.kwargs)
         return app
