@@ -104,10 +104,12 @@ class ServiceUnavailable(ProblemError):
 _STATUS_TITLES = {
     400: ("bad_request", "Bad request"),
     401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
     404: ("not_found", "Not found"),
     405: ("method_not_allowed", "Method not allowed"),
     406: ("not_acceptable", "Not acceptable"),
     409: ("conflict", "Conflict"),
+    410: ("gone", "Gone"),
     413: ("payload_too_large", "Payload too large"),
     415: ("unsupported_media_type", "Unsupported media type"),
     416: ("range_not_satisfiable", "Range not satisfiable"),

@@ -25,6 +25,7 @@ from imagesvc.storage.layout import KeyLayout
 from imagesvc.storage.local import LocalObjectStore
 from imagesvc.storage.port import ObjectStore
 from imagesvc.storage.s3 import S3ObjectStore, S3Options
+from imagesvc.uploads.direct.service import DirectUploads
 from imagesvc.uploads.ingest import UploadLimits
 from imagesvc.uploads.placeholders import Placeholders
 from imagesvc.uploads.service import UploadService
@@ -75,6 +76,7 @@ class Runtime:
     images: ImageService
     content: ContentService
     uploads: UploadService
+    direct: DirectUploads
     variants: VariantService
     reconciler: Reconciler
 
@@ -113,6 +115,7 @@ class Runtime:
                 # finish (bounded) while the store and the database are still open.
                 await self.variants.drain(within=10)
                 await self.uploads.drain(within=10)
+                await self.direct.drain(within=10)
                 self.pool.close()
         finally:
             await self.store.close()
@@ -148,6 +151,15 @@ class Runtime:
             ),
             layout=layout,
             placeholders=Placeholders(store, self.pool),
+        )
+        self.direct = DirectUploads(
+            db,
+            store,
+            self.uploads.ingest,
+            self.uploads.idempotency,
+            layout=layout,
+            limits=self.uploads.limits,
+            ttl=settings.direct_upload_ttl,
         )
         self.variants = VariantService(
             db,
