@@ -197,6 +197,9 @@ class LocalObjectStore:
         final = self.path_of(destination)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, final)
+        # Renaming a link over another link of the same file does nothing (POSIX), e.g. a
+        # copy repeated after a crash: the temp name would stay.
+        temp.unlink(missing_ok=True)
 
     async def ping(self) -> None:
         await _io(self._ensure_dirs)
