@@ -42,6 +42,10 @@ class Lease:
             self._held = now
         return taken
 
+    def end(self) -> None:
+        """The row is no longer pending (ready, or removed): nothing to give back."""
+        self._held = None
+
     async def __aenter__(self) -> Lease:
         assert self._held is not None, "take() the lease first"
         self._renewing = asyncio.create_task(self._renew())

@@ -320,6 +320,7 @@ class DirectUploads:
         async with lease:
             try:
                 await self._check(image, stored)
+                lease.end()  # ready: the row left the lease's hands
             except ObjectMissing:
                 raise UploadIncomplete("the uploaded object vanished; PUT it again") from None
             except _VERDICTS as exc:
@@ -328,6 +329,7 @@ class DirectUploads:
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
                 await asyncio.shield(cleanup)
+                lease.end()
                 raise
         UPLOADS.labels("created").inc()
         UPLOADED_BYTES.inc(image.byte_size or 0)
