@@ -3,14 +3,17 @@ and the local backend's upload URL `PUT /v1/direct-uploads/{token}`."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from starlette.requests import ClientDisconnect
 
 from imagesvc.auth.dependencies import OwnerDep
 from imagesvc.errors import problem_responses
 from imagesvc.images.models import Visibility
 from imagesvc.images.schemas import ImageId, ImageOut
+from imagesvc.uploads.body import ClientGone
 from imagesvc.uploads.direct.schemas import DirectUploadIn, DirectUploadOut
 from imagesvc.uploads.direct.service import DirectRequest, DirectUploads
 
@@ -118,6 +121,15 @@ async def receive_direct_upload(
         token,
         content_length=request.headers.get("content-length"),
         content_type=request.headers.get("content-type"),
-        chunks=request.stream(),
+        chunks=_body(request),
     )
     return Response(status_code=200)
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise ClientGone("the client disconnected before the upload finished") from None
