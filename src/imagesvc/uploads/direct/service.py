@@ -60,6 +60,7 @@ ACCEPTED_TYPES = (
         f.content_type
         for f in (probe.JPEG, probe.PNG, probe.GIF, probe.WEBP, probe.AVIF, probe.HEIC)
     ),
+    "image/heif",  # a HEIF that does not claim HEVC: a format of its own in the HEIC branch
     "application/octet-stream",
 )
 TOKEN_ROUTE = "/v1/direct-uploads/"
