@@ -551,6 +551,12 @@ def main() -> None:
         "| target | measured | goal | |\n|---|---|---|---|\n"
         f"{verdicts}\n\n" + "\n".join(report.sections) + "\n"
     )
+    # Sections other bench scripts write (bench/direct.py) stay, between their markers.
+    previous = Path(args.out).read_text() if Path(args.out).exists() else ""
+    for kept in re.findall(r"<!-- (\w+):begin -->.*?<!-- \1:end -->", previous, re.S):
+        block = re.search(f"<!-- {kept}:begin -->.*?<!-- {kept}:end -->", previous, re.S)
+        assert block is not None
+        document += "\n" + block.group(0) + "\n"
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         document += "\n" + notes.read_text()

@@ -75,3 +75,36 @@ async def variant(
 ) -> httpx.Response:
     """GET a variant, following a redirect to S3 like a client would."""
     return await follow(await client.get(f"/v1/images/{image_id}/variants/{spec}", params=params))
+
+
+async def start_direct(client: httpx.AsyncClient, data: bytes, **fields: Any) -> dict[str, Any]:
+    """`POST /v1/images/direct` for `data` (its size, `image/jpeg` unless `fields` say
+    otherwise), which must succeed: `{"id", "upload": {...}}`."""
+    body = {"byte_size": len(data), "content_type": "image/jpeg", **fields}
+    response = await client.post("/v1/images/direct", json=body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def put_direct(
+    anonymous: httpx.AsyncClient,
+    upload: dict[str, Any],
+    data: bytes,
+    *,
+    drop: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """Send the bytes where `upload` says, with exactly its headers (less `drop`, plus
+    `headers`), from a client without an API key: over real HTTP to the S3 server, or to the
+    app itself when the URL is the service's own (local backend)."""
+    sent = {k: v for k, v in upload["headers"].items() if k not in drop} | (headers or {})
+    url = httpx.URL(upload["url"])
+    if url.host == anonymous.base_url.host:
+        return await anonymous.put(url, content=data, headers=sent)
+    async with httpx.AsyncClient() as outside:
+        return await outside.put(url, content=data, headers=sent)
+
+
+async def complete(client: httpx.AsyncClient, image_id: str) -> httpx.Response:
+    return await client.post(f"/v1/images/{image_id}/complete")

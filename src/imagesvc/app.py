@@ -18,6 +18,8 @@ from imagesvc.observability.logs import configure_logging
 from imagesvc.openapi import install_openapi
 from imagesvc.runtime import Runtime
 from imagesvc.serving.endpoints import router as content_router
+from imagesvc.uploads.direct.endpoints import router as direct_router
+from imagesvc.uploads.direct.endpoints import uploads_router as direct_uploads_router
 from imagesvc.uploads.endpoints import router as uploads_router
 from imagesvc.variants.endpoints import router as variants_router
 from imagesvc.web.operations import router as operations_router
@@ -56,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The order routes are tried in; their paths do not overlap.
     for router in (uploads_router, images_router, content_router, variants_router):
         app.include_router(router)
+    app.include_router(direct_router)
+    app.include_router(direct_uploads_router)
     app.include_router(operations_router)
     if runtime.settings.console:
         app.include_router(console_router)

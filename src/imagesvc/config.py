@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # A pending upload refreshes its row every third of this; gc leaves it alone until the
     # lease runs out, so a live upload is never reclaimed, whatever `--grace` says.
     upload_lease_seconds: float = Field(default=60.0, ge=1.0)
+    # Direct uploads (SPEC §11): how long the presigned PUT (or the local backend's upload
+    # URL) is valid and `complete` is accepted; gc removes the upload after it. S3 signs
+    # URLs for at most 7 days.
+    direct_upload_ttl: int = Field(default=900, ge=1, le=7 * 24 * 3600)
 
     # Serving reads an image's row at most once per this many seconds per process (the
     # bound on how long another process's PATCH or DELETE takes to show); 0 turns it off.

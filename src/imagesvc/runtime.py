@@ -27,6 +27,7 @@ from imagesvc.storage.layout import KeyLayout
 from imagesvc.storage.local import LocalObjectStore
 from imagesvc.storage.port import ObjectStore
 from imagesvc.storage.s3 import S3ObjectStore, S3Options
+from imagesvc.uploads.direct.service import DirectUploads
 from imagesvc.uploads.ingest import UploadLimits
 from imagesvc.uploads.placeholders import Placeholders
 from imagesvc.uploads.service import UploadService
@@ -71,6 +72,7 @@ class Runtime:
     images: ImageService
     content: ContentService
     uploads: UploadService
+    direct: DirectUploads
     variants: VariantService
     links: LinkService
     reconciler: Reconciler
@@ -110,6 +112,7 @@ class Runtime:
                 # finish (bounded) while the store and the database are still open.
                 await self.variants.drain(within=10)
                 await self.uploads.drain(within=10)
+                await self.direct.drain(within=10)
                 self.pool.close()
                 if self.rate_limiter is not None:
                     await self.rate_limiter.close()
@@ -152,6 +155,15 @@ class Runtime:
             placeholders=Placeholders(store, self.pool),
         )
         policy = VariantPolicy(settings.variant_max_dimension, settings.allowed_sizes)
+        self.direct = DirectUploads(
+            db,
+            store,
+            self.uploads.ingest,
+            self.uploads.idempotency,
+            layout=layout,
+            limits=self.uploads.limits,
+            ttl=settings.direct_upload_ttl,
+        )
         self.variants = VariantService(
             db,
             store,

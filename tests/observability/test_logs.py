@@ -147,3 +147,16 @@ def test_console_request_lines_keep_their_columns_when_a_secret_is_redacted(
     assert "path=/[redacted]" in line
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z \[info\s*\] request ", line), line
     assert "imagesvc.request" in line
+
+
+def test_the_secret_of_a_local_upload_url_is_redacted_and_its_image_id_kept() -> None:
+    from imagesvc.observability.logs import redact
+
+    image_id, secret = (
+        "img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S",
+        "FMxCHuQyca0YHaHCOS0ysLGK7U5NOgRgJ5ZJKR48meQ",
+    )
+    event = redact(None, "info", {"path": f"/v1/direct-uploads/{image_id}.{secret}"})
+    assert event["path"] == f"/v1/direct-uploads/{image_id}.[redacted]"
+    untouched = {"path": f"/v1/images/{image_id}/complete"}
+    assert redact(None, "info", dict(untouched)) == untouched

@@ -30,3 +30,18 @@ def test_every_key_of_an_image_is_under_its_prefix() -> None:
     parsed = layout.parse(first)
     assert parsed is not None
     assert parsed.is_variant
+
+
+def test_a_direct_uploads_landing_key_is_told_apart_from_the_original() -> None:
+    layout = KeyLayout("svc/")
+    landing = layout.parse(layout.direct_upload(IMAGE_ID))
+    assert landing is not None
+    assert (landing.image_id, landing.is_direct_upload, landing.is_variant) == (
+        IMAGE_ID,
+        True,
+        False,
+    )
+    original = layout.parse(layout.original(IMAGE_ID))
+    assert original is not None
+    assert not original.is_direct_upload
+    assert layout.direct_upload(IMAGE_ID).startswith(layout.image(IMAGE_ID))

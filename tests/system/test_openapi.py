@@ -19,7 +19,7 @@ import pytest
 from imagesvc.app import create_app
 from imagesvc.config import Settings
 from tests.samples import encode, jpeg
-from tests.services import create_key, start_imagesvc
+from tests.services import Process, create_key, start_imagesvc
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -32,7 +32,7 @@ def document() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Process]]:
     """A real `imagesvc serve` on the embedded default, and an API key for it."""
     state = tmp_path_factory.mktemp("contract")
     env = {
@@ -48,7 +48,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     )
     key = create_key(env, "sdk")
     process, url = start_imagesvc(state, env)
-    yield url, key
+    yield url, key, process
     process.stop()
 
 
@@ -87,8 +87,8 @@ def test_every_operation_is_documented_for_generators(document: dict[str, Any]) 
     assert document["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
 
 
-def test_generated_python_client_round_trip(live: tuple[str, str], tmp_path: Path) -> None:
-    url, key = live
+def test_generated_python_client_round_trip(live: tuple[str, str, Process], tmp_path: Path) -> None:
+    url, key, process = live
     spec = tmp_path / "openapi.json"
     spec.write_text(httpx.get(f"{url}/openapi.json").text)
     subprocess.run(
@@ -115,6 +115,8 @@ def test_generated_python_client_round_trip(live: tuple[str, str], tmp_path: Pat
         get_content = importlib.import_module(api + "get_image_content")
         get_variant = importlib.import_module(api + "get_image_variant")
         delete_image = importlib.import_module(api + "delete_image")
+        create_direct = importlib.import_module(api + "create_direct_upload")
+        complete_direct = importlib.import_module(api + "complete_direct_upload")
         models = importlib.import_module("imagesvc_client.models")
         types = importlib.import_module("imagesvc_client.types")
 
@@ -156,6 +158,26 @@ def test_generated_python_client_round_trip(live: tuple[str, str], tmp_path: Pat
             gone = get_image.sync(image.id, client=client)
             assert isinstance(gone, models.Problem)
             assert gone.code == "not_found"
+
+            # A direct upload: the bytes go to the URL answered (the service's own, on the
+            # embedded default), over real HTTP, with exactly the headers answered.
+            started = create_direct.sync(
+                client=client,
+                body=models.DirectUploadIn(byte_size=len(data), filename="direct.jpg"),
+            )
+            assert isinstance(started, models.DirectUploadOut)
+            early = complete_direct.sync(started.id, client=client)
+            assert isinstance(early, models.Problem)
+            assert early.code == "upload_incomplete"
+            headers = started.upload.headers.additional_properties
+            put = httpx.put(started.upload.url, content=data, headers=headers)
+            assert put.status_code == 200, put.text
+            done = complete_direct.sync(started.id, client=client)
+            assert isinstance(done, models.ImageOut)
+            assert (done.id, done.filename, done.byte_size) == (started.id, "direct.jpg", len(data))
+            assert get_content.sync_detailed(done.id, client=client).content == data
+            secret = started.upload.url.rsplit(".", 1)[1]
+            assert secret not in process.log_path.read_text()
     finally:
         sys.path.remove(str(tmp_path))
         for name in list(sys.modules):
@@ -180,8 +202,8 @@ def test_typescript_types_and_client_type_check(document: dict[str, Any], tmp_pa
     npm("npm", "run", "check")
 
 
-def test_schemathesis_finds_nothing(live: tuple[str, str], tmp_path: Path) -> None:
-    url, key = live
+def test_schemathesis_finds_nothing(live: tuple[str, str, Process], tmp_path: Path) -> None:
+    url, key, _ = live
     # Something to find for the stateful phase and for GETs by id.
     httpx.post(
         f"{url}/v1/images",

@@ -15,12 +15,12 @@ from tests.services import Process, free_port, http_answers
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def quickstart_script() -> str:
+def quickstart_script(name: str = "quickstart") -> str:
     readme = (ROOT / "README.md").read_text()
     block = re.search(
-        r"<!-- quickstart:begin -->\s*```bash\n(.*?)```\s*<!-- quickstart:end -->", readme, re.S
+        rf"<!-- {name}:begin -->\s*```bash\n(.*?)```\s*<!-- {name}:end -->", readme, re.S
     )
-    assert block, "README.md lost its quickstart block"
+    assert block, f"README.md lost its {name} block"
     return block.group(1)
 
 
@@ -68,3 +68,25 @@ def test_readme_quickstart_round_trip(make_run: tuple[Path, str, Process]) -> No
     assert result.returncode == 0, result.stdout + result.stderr
     assert "round trip OK" in result.stdout
     assert (state / "photo.gif").read_bytes() == (state / "copy.gif").read_bytes()
+
+
+def test_readme_direct_upload_steps(make_run: tuple[Path, str, Process], tmp_path: Path) -> None:
+    """The "Direct uploads" curl steps, after the quickstart's first lines (the key, the
+    image), in a directory of their own laid out like a checkout."""
+    state, url, _ = make_run
+    work = tmp_path / "checkout"
+    (work / "var").mkdir(parents=True)
+    (work / "var" / "dev-api-key").write_text((state / "var" / "dev-api-key").read_text())
+    quickstart = quickstart_script()
+    prepare = quickstart[: quickstart.index("# Upload (multipart)")]
+    script = (prepare + quickstart_script("direct")).replace("http://127.0.0.1:8000", url)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "direct upload OK" in result.stdout
+    assert '"status":"ready"' in result.stdout.replace(" ", "")

@@ -22,7 +22,7 @@ from tests.samples import PDF, jpeg, png_claiming
 ORIGIN = "http://app.example.test:3000"
 SECOND = "https://second.example.test"
 OTHER = "http://evil.example.test"
-METHODS = "GET, HEAD, POST, PATCH, DELETE, OPTIONS"
+METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 REQUEST_HEADERS = [
     "Authorization",
     "Content-Type",

@@ -63,6 +63,15 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # When the status last changed: gc ages pending and deleting rows by it.
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Direct uploads (uploads/direct/): set on the pending row while it waits for the
+    # client's bytes in the store, which no process of ours heart-beats; gc removes the
+    # row (and any object) once this has passed. While it is pending, `byte_size`,
+    # `sha256` and `content_type` hold what the client declared; `updated_at` is the lease
+    # of a request working on it (the local PUT, `complete`), equal to `created_at` when
+    # none is. Null for every other upload.
+    upload_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Local backend only: sha256 of the secret in the upload URL's token (like API keys).
+    upload_token_sha256: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         # Owner-scoped keyset listing: WHERE owner = ? AND id < ? ORDER BY id DESC.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Table, bindparam, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, delete, insert, or_, select, update
 
 from imagesvc.db import Database, Tx
 from imagesvc.images.models import Image, ImageStatus, Variant, Visibility
@@ -81,14 +81,18 @@ class ImageRepository:
         *,
         byte_size: int,
         sha256: str,
+        content_type: str,
+        width: int,
+        height: int,
         frames: int,
         visibility: str,
         blurhash: str | None,
         dominant_color: str | None,
         now: datetime,
     ) -> bool:
-        """pending -> ready with the facts known only once the last byte passed; False if
-        the row is no longer pending (e.g. reclaimed by gc)."""
+        """pending -> ready with the facts known only once the last byte passed (type and
+        size too: a direct upload's row held only what the client declared); False if the
+        row is no longer pending (e.g. reclaimed by gc)."""
         result = await self.session.execute(
             _MARK_READY,  # the parameters other than image_id form the SET clause
             {
@@ -96,6 +100,9 @@ class ImageRepository:
                 "status": ImageStatus.READY,
                 "byte_size": byte_size,
                 "sha256": sha256,
+                "content_type": content_type,
+                "width": width,
+                "height": height,
                 "frames": frames,
                 "visibility": visibility,
                 "blurhash": blurhash,
@@ -114,7 +121,7 @@ class ImageRepository:
         result = await self.session.execute(
             update(Image)
             .where(Image.id == image_id, Image.status == ImageStatus.READY)
-            .values(status=ImageStatus.DELETING, updated_at=now)
+            .values(status=ImageStatus.DELETING)
             .execution_options(synchronize_session=False)
         )
         if not result.rowcount:  # type: ignore[attr-defined]
@@ -150,12 +157,15 @@ class ImageRepository:
         return True
 
     async def stale(self, *, before: datetime, limit: int) -> Sequence[Image]:
-        """Pending and deleting rows whose actor has not been heard of since `before`."""
+        """Pending and deleting rows whose actor has not been heard of since `before`.
+        Pending direct uploads are not among them: nothing heart-beats them while the
+        client uploads, so their TTL decides (`expired_direct_uploads`)."""
         query = (
             select(Image)
             .where(
                 Image.status.in_((ImageStatus.PENDING, ImageStatus.DELETING)),
                 Image.updated_at < before,
+                or_(Image.status == ImageStatus.DELETING, Image.upload_expires_at.is_(None)),
             )
             .order_by(Image.updated_at)
             .limit(limit)
@@ -171,6 +181,7 @@ class ImageRepository:
                 Image.id == image_id,
                 Image.status == ImageStatus.PENDING,
                 Image.updated_at < before,
+                Image.upload_expires_at.is_(None),
             )
             .values(status=ImageStatus.DELETING)
         )
@@ -184,3 +195,107 @@ class ImageRepository:
             select(Image.id, Image.status, Image.updated_at).where(Image.id.in_(image_ids))
         )
         return {row.id: (row.status, row.updated_at) for row in result}
+
+    # --- direct uploads (uploads/direct/) ---------------------------------------------------
+    # A pending direct upload's `updated_at` is a lease: `created_at` while no request works
+    # on it, the time of the holder's last renewal while one does (the local PUT streaming
+    # the bytes, `complete` checking them). One holder at a time, so two completes cannot
+    # interleave their copy and their read; gc takes only rows past their TTL whose lease is
+    # free.
+
+    async def get_own(self, owner: str, image_id: str) -> Image | None:
+        """The owner's row in any status (complete must tell pending from ready)."""
+        result = await self.session.execute(
+            select(Image).where(Image.id == image_id, Image.owner == owner)
+        )
+        return result.scalar_one_or_none()
+
+    async def get_direct_pending(self, image_id: str) -> Image | None:
+        """A pending direct upload, whoever owns it (the local PUT knows only its token)."""
+        result = await self.session.execute(
+            select(Image).where(
+                Image.id == image_id,
+                Image.status == ImageStatus.PENDING,
+                Image.upload_expires_at.is_not(None),
+            )
+        )
+        return result.scalar_one_or_none()
+
+    async def take_direct_lease(
+        self, image_id: str, *, now: datetime, free_before: datetime
+    ) -> bool:
+        """Take the lease of a pending, unexpired direct upload whose lease is free (never
+        taken, released, or not renewed since `free_before`)."""
+        result = await self.session.execute(
+            update(Image)
+            .where(
+                Image.id == image_id,
+                Image.status == ImageStatus.PENDING,
+                Image.upload_expires_at > now,
+                _lease_free(free_before),
+            )
+            .values(updated_at=now)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def renew_direct_lease(self, image_id: str, *, held: datetime, now: datetime) -> bool:
+        """Renew our lease (the row still carries our last stamp); False if we lost it."""
+        result = await self.session.execute(
+            update(Image)
+            .where(
+                Image.id == image_id,
+                Image.status == ImageStatus.PENDING,
+                Image.updated_at == held,
+            )
+            .values(updated_at=now)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release_direct_lease(self, image_id: str, *, held: datetime) -> None:
+        await self.session.execute(
+            update(Image)
+            .where(
+                Image.id == image_id,
+                Image.status == ImageStatus.PENDING,
+                Image.updated_at == held,
+            )
+            .values(updated_at=Image.created_at)
+        )
+
+    async def expired_direct_uploads(
+        self, *, now: datetime, free_before: datetime, limit: int
+    ) -> Sequence[str]:
+        """Ids of pending direct uploads past their TTL that no request is working on."""
+        query = (
+            select(Image.id)
+            .where(
+                Image.status == ImageStatus.PENDING,
+                Image.upload_expires_at < now,
+                _lease_free(free_before),
+            )
+            .order_by(Image.upload_expires_at)
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+    async def claim_expired_direct(
+        self, image_id: str, *, now: datetime, free_before: datetime
+    ) -> bool:
+        """pending -> deleting for an expired direct upload, unless a request took its
+        lease meanwhile; once claimed, `complete` can no longer make it ready. `updated_at`
+        stays old, so a gc that stops here leaves a `deleting` row the next run finishes."""
+        result = await self.session.execute(
+            update(Image)
+            .where(
+                Image.id == image_id,
+                Image.status == ImageStatus.PENDING,
+                Image.upload_expires_at < now,
+                _lease_free(free_before),
+            )
+            .values(status=ImageStatus.DELETING)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _lease_free(free_before: datetime) -> ColumnElement[bool]:
+    return or_(Image.updated_at <= Image.created_at, Image.updated_at < free_before)

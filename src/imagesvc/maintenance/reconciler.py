@@ -13,6 +13,11 @@ Passes, each bounded by `limit` items per run:
 3. Unfinished writes (S3 multipart uploads, local temp files) older than grace whose image
    is not a live pending upload.
 4. Idempotency keys past their 24 hours.
+5. Direct uploads past their TTL (`IMAGESVC_DIRECT_UPLOAD_TTL`) that no request is working
+   on: claimed, then their objects and row go as in pass 1. Nothing heart-beats a direct
+   upload while the client uploads, so pass 1 never takes one, whatever the grace; a
+   landing key (`img/<id>/upload`) counts as orphaned (pass 2) once its image is not
+   pending any more.
 
 Every step is idempotent and conditional, so gc is safe alongside live traffic and
 alongside another gc: it never touches a pending row whose lease is held.
@@ -28,7 +33,7 @@ from imagesvc.db import Database, utcnow
 from imagesvc.images.models import Image, ImageStatus, Variant
 from imagesvc.images.repository import ImageRepository
 from imagesvc.observability.metrics import GC_ITEMS
-from imagesvc.storage.layout import KeyLayout
+from imagesvc.storage.layout import KeyLayout, StoredKey
 from imagesvc.storage.port import ObjectInfo, ObjectStore, UploadInfo
 from imagesvc.uploads.idempotency import IdempotentUploads
 from imagesvc.variants.repository import VariantRepository
@@ -50,6 +55,7 @@ class GcReport:
     abandoned_renders: list[str] = field(default_factory=list)  # keys
     unfinished_multipart_uploads: list[str] = field(default_factory=list)  # keys
     expired_idempotency_keys: int = 0
+    expired_direct_uploads: list[str] = field(default_factory=list)  # image ids
     # Seen and left alone (not metrics).
     skipped_in_flight: int = 0
     foreign_keys: int = 0
@@ -71,6 +77,7 @@ class GcReport:
         out += [f"{verb} orphan object {k}" for k in self.orphan_objects]
         out += [f"{verb} abandoned render {k}" for k in self.abandoned_renders]
         out += [f"{verb} unfinished upload {k}" for k in self.unfinished_multipart_uploads]
+        out += [f"{verb} expired direct upload {i}" for i in self.expired_direct_uploads]
         summary = ", ".join(
             f"{count} {label.replace('_', ' ')}s" for label, count in self.counts().items()
         )
@@ -111,6 +118,7 @@ class Reconciler:
         report.expired_idempotency_keys = await self.idempotency.purge_expired(
             now=now, limit=limit, dry_run=dry_run
         )
+        await self._expired_direct_uploads(report, now, limit)
         if not dry_run:
             for kind, count in report.counts().items():
                 GC_ITEMS.labels(kind).inc(count)
@@ -130,6 +138,30 @@ class Reconciler:
                 report.unfinished_deletes.append(image.id)
             if not report.dry_run:
                 await self._remove(image.id)
+
+    async def _expired_direct_uploads(self, report: GcReport, now: datetime, limit: int) -> None:
+        """Past their TTL, and their lease free (a `complete` that began in time finishes)."""
+        free_before = now - self.lease
+        expired = await self.db.read(
+            lambda tx: ImageRepository(tx).expired_direct_uploads(
+                now=now, free_before=free_before, limit=limit
+            )
+        )
+        for image_id in expired:
+            if not report.dry_run:
+                claimed = await self._claim_expired(image_id, now, free_before)
+                if not claimed:
+                    report.skipped_in_flight += 1  # a request took its lease meanwhile
+                    continue
+                await self._remove(image_id)
+            report.expired_direct_uploads.append(image_id)
+
+    async def _claim_expired(self, image_id: str, now: datetime, free_before: datetime) -> bool:
+        return await self.db.run(
+            lambda tx: ImageRepository(tx).claim_expired_direct(
+                image_id, now=now, free_before=free_before
+            )
+        )
 
     async def _stale_renders(self, report: GcReport, cutoff: datetime, limit: int) -> None:
         """Variant claims whose renderer died: the row goes, then its (partial) object."""
@@ -163,13 +195,13 @@ class Reconciler:
         await self.db.run(lambda tx: ImageRepository(tx).remove(image_id, ImageStatus.DELETING))
 
     async def _orphan_objects(self, report: GcReport, cutoff: datetime, limit: int) -> None:
-        page: list[tuple[ObjectInfo, str, bool]] = []
+        page: list[tuple[ObjectInfo, StoredKey]] = []
         async for info in self.store.list_objects(self.layout.root):
             parsed = self.layout.parse(info.key)
             if parsed is None:
                 report.foreign_keys += 1
             elif info.last_modified < cutoff:
-                page.append((info, parsed.image_id, parsed.is_variant))
+                page.append((info, parsed))
             if len(page) >= _PAGE:
                 await self._delete_orphans(report, page)
                 page = []
@@ -178,21 +210,27 @@ class Reconciler:
         await self._delete_orphans(report, page)
 
     async def _delete_orphans(
-        self, report: GcReport, page: list[tuple[ObjectInfo, str, bool]]
+        self, report: GcReport, page: list[tuple[ObjectInfo, StoredKey]]
     ) -> None:
         if not page:
             return
-        ids = sorted({image_id for _, image_id, _ in page})
+        ids = sorted({parsed.image_id for _, parsed in page})
         known = await self.db.read(lambda tx: ImageRepository(tx).states(ids))
         # A variant object is referenced only by its own variant row (each render writes a
-        # fresh key); originals by their image row.
-        variant_keys = [info.key for info, _, is_variant in page if is_variant]
+        # fresh key); originals by their image row; a direct upload's landing key only while
+        # its image is pending (after `complete` the client may still rewrite it).
+        variant_keys = [info.key for info, parsed in page if parsed.is_variant]
         rendered = await self.db.read(lambda tx: VariantRepository(tx).known_keys(variant_keys))
-        orphans = [
-            info.key
-            for info, image_id, is_variant in page
-            if image_id not in known or (is_variant and info.key not in rendered)
-        ]
+
+        def orphaned(info: ObjectInfo, parsed: StoredKey) -> bool:
+            state = known.get(parsed.image_id)
+            if state is None:
+                return True
+            if parsed.is_variant:
+                return info.key not in rendered
+            return parsed.is_direct_upload and state[0] != ImageStatus.PENDING
+
+        orphans = [info.key for info, parsed in page if orphaned(info, parsed)]
         if orphans and not report.dry_run:
             await self.store.delete_keys(orphans)
         report.orphan_objects += orphans

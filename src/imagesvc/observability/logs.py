@@ -21,9 +21,11 @@ from typing import Any
 import orjson
 import structlog
 
-# Anything that looks like one of our keys, a presigned query, or a password in a URL.
+# Anything that looks like one of our keys, a presigned query, a password in a URL, or the
+# secret of a local direct-upload URL (its image id stays, for correlation).
 _SECRETS = re.compile(
     r"isk_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}"
+    r"|(?<=direct-uploads/img_[0-9A-Z]{26}\.)[A-Za-z0-9_-]+"
     r"|X-Amz-(?:Signature|Credential|Security-Token)=[^&\s\"']+"
     r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"
 )
@@ -32,7 +34,7 @@ _SECRETS = re.compile(
 def _may_hold_secret(text: str) -> bool:
     # Every secret the pattern knows contains one of these markers: checking for them first
     # keeps the regular expression off the (many) values that cannot match.
-    return "isk_" in text or "X-Amz-" in text or "://" in text
+    return "isk_" in text or "X-Amz-" in text or "://" in text or "direct-uploads/" in text
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -1,6 +1,9 @@
 """Where the service's objects live in the store: the one place that spells out keys.
 
     {prefix}img/{image id}/original                      the uploaded bytes
+    {prefix}img/{image id}/upload                        a direct upload's landing key: the
+                                                         client writes it (presigned PUT);
+                                                         `complete` copies it to `original`
     {prefix}img/{image id}/v/{w}x{h}-{fit}-{nonce}.{ext}  a rendered variant
 
 Every object of an image lives under `{prefix}img/{image id}/`, so deleting an image is
@@ -18,6 +21,7 @@ from imagesvc.ids import is_image_id
 
 ORIGINAL = "original"
 VARIANTS = "v"
+DIRECT_UPLOAD = "upload"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,8 @@ class StoredKey:
 
     image_id: str
     is_variant: bool
+    # A direct upload's landing key: referenced only while its image is `pending`.
+    is_direct_upload: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,12 @@ class KeyLayout:
     def original(self, image_id: str) -> str:
         return self.image(image_id) + ORIGINAL
 
+    def direct_upload(self, image_id: str) -> str:
+        """Where a direct upload's client puts the bytes. Never served: the presigned URL
+        stays valid until it expires, so the client could rewrite this key after
+        `complete`; the image is served from the copy at `original`, which only we write."""
+        return self.image(image_id) + DIRECT_UPLOAD
+
     def variant(self, image_id: str, box: tuple[int, int], fit: str, extension: str) -> str:
         """A fresh key per render (a nonce in the name): two renderers racing for one
         variant never overwrite each other's object."""
@@ -59,4 +71,8 @@ class KeyLayout:
         parts = key[len(self.root) :].split("/")
         if len(parts) < 2 or not is_image_id(parts[0]):
             return None
-        return StoredKey(parts[0], is_variant=len(parts) == 3 and parts[1] == VARIANTS)
+        return StoredKey(
+            parts[0],
+            is_variant=len(parts) == 3 and parts[1] == VARIANTS,
+            is_direct_upload=parts[1:] == [DIRECT_UPLOAD],
+        )

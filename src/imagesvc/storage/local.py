@@ -24,6 +24,7 @@ from imagesvc.storage.port import (
     ObjectInfo,
     ObjectMissing,
     ObjectStream,
+    SignedRequest,
     SignedUrl,
     StorageUnavailable,
     UploadInfo,
@@ -171,6 +172,38 @@ class LocalObjectStore:
         self, key: str, *, ttl: int, content_disposition: str | None = None
     ) -> SignedUrl | None:
         return None  # files are served through the API (proxy), there is nothing to sign
+
+    async def signed_put(
+        self, key: str, *, content_length: int, content_type: str, ttl: int
+    ) -> SignedRequest | None:
+        return None  # a directory takes no requests: direct uploads come through the API
+
+    async def copy(self, source: str, destination: str, *, content_type: str) -> None:
+        if source == destination:  # no type is stored here; and renaming a file over a
+            return  # hard link of itself is a no-op that would leave the temp name behind
+        try:
+            await _io(self._copy, source, destination)
+        except FileNotFoundError:
+            raise ObjectMissing(source) from None
+
+    def _copy(self, source: str, destination: str) -> None:
+        # A hard link is a copy here: our writers never change a file in place (they write
+        # a temp file and rename it over the key), so the linked bytes can never change.
+        # Linked under a temp name and renamed, like every write, so a crash leaves no
+        # half-made key.
+        temp = self.root / INCOMING / f"{quote(destination, safe='')}.{uuid.uuid4().hex}.part"
+        try:
+            os.link(self.path_of(source), temp)
+        except FileNotFoundError:
+            raise
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(self.path_of(source), temp)
+        final = self.path_of(destination)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, final)
+        # Renaming a link over another link of the same file does nothing (POSIX), e.g. a
+        # copy repeated after a crash: the temp name would stay.
+        temp.unlink(missing_ok=True)
 
     async def ping(self) -> None:
         await _io(self._ensure_dirs)

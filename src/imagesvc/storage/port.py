@@ -41,6 +41,14 @@ class SignedUrl:
 
 
 @dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """A request a client may send straight to the store, with exactly these headers."""
+
+    url: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class UploadInfo:
     """An unfinished write: an S3 multipart upload, or a local temp file."""
 
@@ -136,6 +144,19 @@ class ObjectStore(Protocol):
         """A time-limited GET URL, or None when this store can only be read through us.
         With `content_disposition`, the store answers the URL with that header (S3's
         `response-content-disposition`), and the value is covered by the signature."""
+
+    async def signed_put(
+        self, key: str, *, content_length: int, content_type: str, ttl: int
+    ) -> SignedRequest | None:
+        """A time-limited PUT of exactly `content_length` bytes of `content_type` to `key`,
+        for a client to send itself (the length and type are signed where the store checks
+        signatures; a store may still accept anything, so what arrives must be checked).
+        None when this store can only be written through us (the local backend)."""
+
+    async def copy(self, source: str, destination: str, *, content_type: str) -> None:
+        """Copy an object inside the store (no bytes pass through us), replacing
+        `destination`; the copy keeps `content_type` where the store keeps one. `source ==
+        destination` only changes the type. Raises ObjectMissing if `source` is missing."""
 
     async def ping(self) -> None:
         """Raise StorageUnavailable unless the store (and its bucket) answers."""

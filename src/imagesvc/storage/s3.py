@@ -29,6 +29,7 @@ from imagesvc.storage.port import (
     ObjectInfo,
     ObjectMissing,
     ObjectStream,
+    SignedRequest,
     SignedUrl,
     StorageUnavailable,
     UploadInfo,
@@ -304,6 +305,41 @@ class S3ObjectStore:
             (key, ttl, content_disposition), (url, now), since=now, expires=now + ttl / 4
         )
         return SignedUrl(url, valid_for=ttl)
+
+    async def signed_put(
+        self, key: str, *, content_length: int, content_type: str, ttl: int
+    ) -> SignedRequest | None:
+        """SigV4 query signing puts `content-length;content-type;host` in the signed
+        headers, so AWS, MinIO and rclone refuse a PUT of another size or type. moto
+        accepts anything: whoever uses the URL, `complete` checks what arrived."""
+        url: str = await _call(
+            "presign",
+            self.client.generate_presigned_url(
+                "put_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "ContentLength": content_length,
+                    "ContentType": content_type,
+                },
+                ExpiresIn=ttl,
+            ),
+        )
+        headers = {"Content-Type": content_type, "Content-Length": str(content_length)}
+        return SignedRequest(url, headers)
+
+    async def copy(self, source: str, destination: str, *, content_type: str) -> None:
+        # One CopyObject (objects up to 5 GiB): the bytes never leave the store.
+        await _call(
+            source,
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=destination,
+                CopySource={"Bucket": self.bucket, "Key": source},
+                MetadataDirective="REPLACE",
+                ContentType=content_type,
+            ),
+        )
 
     async def ping(self) -> None:
         await _call("head_bucket", self.client.head_bucket(Bucket=self.bucket))

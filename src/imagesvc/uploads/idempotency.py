@@ -70,6 +70,15 @@ class Created:
     replayed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An Idempotency-Key held by one request (see `IdempotentUploads.claim`)."""
+
+    owner: str
+    key: str
+    token: str
+
+
 def fingerprint(sha256: str, filename: str | None, visibility: str) -> str:
     return hashlib.sha256(f"{sha256}\n{filename or ''}\n{visibility}".encode()).hexdigest()
 
@@ -113,6 +122,43 @@ class IdempotentUploads:
             await asyncio.shield(self._release(owner, key, token))
             raise
         return Created(image, replayed=False)
+
+    # --- the same claims for other requests that create an image (direct uploads) --------
+    # Such a request is one short transaction, so its claim needs no heartbeat: claim,
+    # then store the response in the transaction that creates what it answers (`record`),
+    # or `release` on failure.
+
+    async def claim(self, owner: str, key: str) -> tuple[Claim, IdempotencyRecord | None]:
+        """Claim `key` for a new request (record None), or return the finished record to
+        replay (compare its fingerprint first: `replay`). Raises 422 for a malformed key,
+        409 `idempotency_key_in_progress` while another request holds it."""
+        if not _KEY.fullmatch(key):
+            raise InvalidParameter("Idempotency-Key: 1 to 255 visible ASCII characters")
+        claim = Claim(owner, key, "claim:" + secrets.token_hex(16))
+        return claim, await self._claim(owner, key, claim.token)
+
+    @staticmethod
+    def replay(record: IdempotencyRecord, fingerprint: str) -> str:
+        """The stored response if `fingerprint` is the first request's; else 409."""
+        if fingerprint != record.fingerprint or record.response is None:
+            raise KeyReused("this Idempotency-Key was used for a different request; use a new key")
+        return record.response
+
+    async def record(self, tx: Tx, claim: Claim, *, fingerprint: str, response: str) -> None:
+        """In the transaction that creates the result: the response to replay."""
+        done = await IdempotencyRepository(tx).complete(
+            claim.owner,
+            claim.key,
+            token=claim.token,
+            fingerprint=fingerprint,
+            response=response,
+            now=utcnow(),
+        )
+        if not done:  # taken over: nothing may be created under this key
+            raise ServiceUnavailable("the request took too long to commit; retry it")
+
+    async def release(self, claim: Claim) -> None:
+        await self._release(claim.owner, claim.key, claim.token)
 
     async def _claim(self, owner: str, key: str, token: str) -> IdempotencyRecord | None:
         """Claim the key (None), or return the finished record to replay."""

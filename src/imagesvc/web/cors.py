@@ -28,7 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagesvc.errors import problem_response
 
-METHODS = "GET, HEAD, POST, PATCH, DELETE, OPTIONS"
+# SPEC §9's list, and PUT: the local backend's direct uploads (PUT /v1/direct-uploads/...,
+# SPEC §11) are sent by pages too.
+METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 # What our API and the tus endpoints of SPEC §10 read from a request.
 ALLOW_HEADERS = ", ".join(
     (
