@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # lease runs out, so a live upload is never reclaimed, whatever `--grace` says.
     upload_lease_seconds: float = Field(default=60.0, ge=1.0)
 
+    # --- resumable uploads (tus, SPEC §10) ----------------------------------------------------
+    # An unfinished tus upload expires this long after its last PATCH (410, then gc).
+    resumable_expiry_seconds: int = Field(default=86400, ge=1)
+
     # Serving reads an image's row at most once per this many seconds per process (the
     # bound on how long another process's PATCH or DELETE takes to show); 0 turns it off.
     read_cache_seconds: float = Field(default=1.0, ge=0, le=60)

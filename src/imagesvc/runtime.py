@@ -28,6 +28,7 @@ from imagesvc.storage.s3 import S3ObjectStore, S3Options
 from imagesvc.uploads.ingest import UploadLimits
 from imagesvc.uploads.placeholders import Placeholders
 from imagesvc.uploads.service import UploadService
+from imagesvc.uploads.tus.service import ResumableService
 from imagesvc.variants.policy import VariantPolicy
 from imagesvc.variants.service import VariantService
 
@@ -75,6 +76,7 @@ class Runtime:
     images: ImageService
     content: ContentService
     uploads: UploadService
+    resumable: ResumableService
     variants: VariantService
     reconciler: Reconciler
 
@@ -113,6 +115,7 @@ class Runtime:
                 # finish (bounded) while the store and the database are still open.
                 await self.variants.drain(within=10)
                 await self.uploads.drain(within=10)
+                await self.resumable.drain(within=10)
                 self.pool.close()
         finally:
             await self.store.close()
@@ -148,6 +151,15 @@ class Runtime:
             ),
             layout=layout,
             placeholders=Placeholders(store, self.pool),
+        )
+        self.resumable = ResumableService(
+            db,
+            store,
+            self.uploads.ingest,
+            limits=self.uploads.limits,
+            layout=layout,
+            part_size=settings.s3_part_size,
+            expiry_seconds=settings.resumable_expiry_seconds,
         )
         self.variants = VariantService(
             db,

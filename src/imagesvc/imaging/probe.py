@@ -44,6 +44,7 @@ GIF = Format("gif", "image/gif")
 WEBP = Format("webp", "image/webp")
 AVIF = Format("avif", "image/avif")
 HEIC = Format("heic", "image/heic")
+FORMATS = (JPEG, PNG, GIF, WEBP, AVIF, HEIC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
     {prefix}img/{image id}/original                      the uploaded bytes
     {prefix}img/{image id}/v/{w}x{h}-{fit}-{nonce}.{ext}  a rendered variant
+    {prefix}img/{image id}/tus/{nonce}.tail              a tus upload's parked tail
 
 Every object of an image lives under `{prefix}img/{image id}/`, so deleting an image is
 "delete the prefix"; gc recognises its own objects by this layout (never by searching a
@@ -18,6 +19,7 @@ from imagesvc.ids import is_image_id
 
 ORIGINAL = "original"
 VARIANTS = "v"
+RESUMABLE = "tus"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,8 @@ class StoredKey:
 
     image_id: str
     is_variant: bool
+    # A parked tail of a resumable upload (referenced by its upload's row, if any).
+    is_tail: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,12 @@ class KeyLayout:
             f"-{secrets.token_hex(4)}.{extension}"
         )
 
+    def tail(self, image_id: str) -> str:
+        """A fresh key per parked tail: the row switches from the old tail to the new one
+        in one commit, so a crash between writing and committing never changes the bytes
+        under a key the row names."""
+        return f"{self.image(image_id)}{RESUMABLE}/{secrets.token_hex(8)}.tail"
+
     def parse(self, key: str) -> StoredKey | None:
         """The image a key belongs to, or None for a key that is not ours."""
         if not key.startswith(self.root):
@@ -59,4 +69,9 @@ class KeyLayout:
         parts = key[len(self.root) :].split("/")
         if len(parts) < 2 or not is_image_id(parts[0]):
             return None
-        return StoredKey(parts[0], is_variant=len(parts) == 3 and parts[1] == VARIANTS)
+        nested = len(parts) == 3
+        return StoredKey(
+            parts[0],
+            is_variant=nested and parts[1] == VARIANTS,
+            is_tail=nested and parts[1] == RESUMABLE,
+        )
