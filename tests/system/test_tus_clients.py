@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -187,6 +188,15 @@ def leftovers(server: Server, image_id: str) -> tuple[list[str], list[str]]:
     return keys, [u["Key"] for u in uploads]
 
 
+def url_of(uploader: Any) -> str:
+    # tuspy types `url` as None until the upload exists.
+    return str(uploader.url)
+
+
+def image_id_of(uploader: Any) -> str:
+    return str(uploader.request.response_headers["image-id"])
+
+
 def gc(server: Server) -> str:
     result = subprocess.run(
         [str(BIN / "imagesvc"), "gc", "--grace", "0"],
@@ -215,7 +225,7 @@ def test_tuspy_stops_at_an_offset_and_a_new_uploader_resumes(
         upload_checksum=True,
     )
     first.upload(stop_at=stop)
-    url = first.url
+    url = url_of(first)
     assert offset_of(server, url) == stop
     # A new client and uploader from the stored URL: it HEADs, then PATCHes from there.
     again = tus.TusClient(server.endpoint, headers=server.auth).uploader(
@@ -223,7 +233,7 @@ def test_tuspy_stops_at_an_offset_and_a_new_uploader_resumes(
     )
     assert again.offset == stop
     again.upload()
-    image_id = again.request.response_headers["image-id"]
+    image_id = image_id_of(again)
     assert url.endswith(f"/v1/uploads/{image_id}")
     image = image_of(server, image_id)
     assert (image["sha256"], image["filename"]) == (digest, "tuspy.jpg")
@@ -240,11 +250,11 @@ def test_resume_across_a_server_restart(server: Server, tmp_path: Path) -> None:
     server.process.stop()  # SIGTERM; the same command (same port) starts it again
     server.process.start()
     again = tus.TusClient(server.endpoint, headers=server.auth).uploader(
-        file_path=str(path), url=first.url, chunk_size=2 * MIB
+        file_path=str(path), url=url_of(first), chunk_size=2 * MIB
     )
     assert again.offset == 3 * MIB + 7
     again.upload()
-    image_id = again.request.response_headers["image-id"]
+    image_id = image_id_of(again)
     assert stored_sha256(server, image_id) == digest
 
 
@@ -337,16 +347,16 @@ async def test_a_body_cut_mid_chunk_keeps_what_arrived(server: Server, tmp_path:
     )
     first.upload(stop_at=MIB)
     sent = 1_500_001
-    sock = _send_partial_patch(server, first.url, MIB, data[MIB : MIB + sent], 4 * MIB)
+    sock = _send_partial_patch(server, url_of(first), MIB, data[MIB : MIB + sent], 4 * MIB)
     await asyncio.sleep(0.5)
     sock.close()
-    offset = await _wait_for_offset(server, first.url, MIB + sent)
+    offset = await _wait_for_offset(server, url_of(first), MIB + sent)
     assert offset == MIB + sent  # an odd offset: the cut bytes are parked as a tail
     again = tus.TusClient(server.endpoint, headers=server.auth).uploader(
-        file_path=str(path), url=first.url, chunk_size=5 * MIB, retries=5, retry_delay=1
+        file_path=str(path), url=url_of(first), chunk_size=5 * MIB, retries=5, retry_delay=1
     )
     again.upload()
-    assert stored_sha256(server, again.request.response_headers["image-id"]) == digest
+    assert stored_sha256(server, image_id_of(again)) == digest
 
 
 async def test_sigkill_mid_patch_then_resume_leaves_no_orphan(
@@ -359,17 +369,17 @@ async def test_sigkill_mid_patch_then_resume_leaves_no_orphan(
     )
     first.upload(stop_at=2 * MIB)
     # 8 MiB of a 12 MiB chunk: at least one 5 MiB part is in the store when the kill lands.
-    sock = _send_partial_patch(server, first.url, 2 * MIB, data[2 * MIB : 10 * MIB], 12 * MIB)
+    sock = _send_partial_patch(server, url_of(first), 2 * MIB, data[2 * MIB : 10 * MIB], 12 * MIB)
     await asyncio.sleep(1.0)
     server.process.stop(signal.SIGKILL)
     sock.close()
     server.process.start()
-    assert offset_of(server, first.url) == 2 * MIB  # nothing of the killed PATCH counts
+    assert offset_of(server, url_of(first)) == 2 * MIB  # nothing of the killed PATCH counts
     again = tus.TusClient(server.endpoint, headers=server.auth).uploader(
-        file_path=str(path), url=first.url, chunk_size=5 * MIB, retries=10, retry_delay=1
+        file_path=str(path), url=url_of(first), chunk_size=5 * MIB, retries=10, retry_delay=1
     )
     again.upload()  # 423 until the dead PATCH's lease runs out, then it goes through
-    image_id = again.request.response_headers["image-id"]
+    image_id = image_id_of(again)
     assert stored_sha256(server, image_id) == digest
     await asyncio.sleep(LEASE)
     report = gc(server)
