@@ -267,12 +267,14 @@ class Reconciler:
         resumable = await self.db.read(lambda tx: ResumableRepository(tx).live(ids, now=now))
         for upload, image_id in candidates:
             record = resumable.get(image_id or "")
-            if record is not None and (record[2] or record[0] == upload.upload_id):
-                # A tus upload's own multipart upload, or any write of one whose PATCH runs.
-                report.skipped_in_flight += 1
-                continue
             state = known.get(image_id or "")
-            if state and state[0] == ImageStatus.PENDING and state[1] >= row_cutoff:
+            if record is not None:
+                # A tus upload: its record, not the image row's age, tells what is live:
+                # the multipart upload it names, and any write while its PATCH runs.
+                live = record[2] or record[0] == upload.upload_id
+            else:
+                live = bool(state and state[0] == ImageStatus.PENDING and state[1] >= row_cutoff)
+            if live:
                 # A live upload: its lease is held. (Some stores report bogus Initiated
                 # times, e.g. moto's fixed 2010 date, so the row decides, not the store.)
                 report.skipped_in_flight += 1
