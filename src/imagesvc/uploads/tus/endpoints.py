@@ -16,7 +16,8 @@ from imagesvc.errors import BadRequest, ProblemError, problem_responses
 from imagesvc.images.schemas import ImageId
 from imagesvc.uploads.tus import protocol
 from imagesvc.uploads.tus.protocol import TUS_VERSION
-from imagesvc.uploads.tus.service import Body, ResumableService, UploadState
+from imagesvc.uploads.tus.service import ResumableService
+from imagesvc.uploads.tus.state import Body, UploadState
 
 
 class TusRoute(APIRoute):

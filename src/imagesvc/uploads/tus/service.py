@@ -21,8 +21,6 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from imagesvc.db import Database, Tx, utcnow
@@ -30,7 +28,6 @@ from imagesvc.errors import (
     BadRequest,
     NotFound,
     PayloadTooLarge,
-    ProblemError,
     ServiceUnavailable,
     UnsupportedMediaType,
 )
@@ -44,7 +41,7 @@ from imagesvc.images.models import (
     parse_visibility,
 )
 from imagesvc.images.repository import ImageRepository
-from imagesvc.imaging.probe import FORMATS, ImageInfo
+from imagesvc.imaging.probe import ImageInfo
 from imagesvc.observability.metrics import RESUMABLE_UPLOADS, UPLOADED_BYTES
 from imagesvc.storage.layout import KeyLayout
 from imagesvc.storage.port import (
@@ -55,6 +52,7 @@ from imagesvc.storage.port import (
 )
 from imagesvc.uploads.ingest import Ingest, UploadHooks, UploadLimits
 from imagesvc.uploads.stored import measure_stored
+from imagesvc.uploads.tus.cleanup import Cleanup
 from imagesvc.uploads.tus.protocol import (
     Checksum,
     ChunkTooLong,
@@ -65,56 +63,17 @@ from imagesvc.uploads.tus.protocol import (
 )
 from imagesvc.uploads.tus.receiver import Lease, Receiver, Start
 from imagesvc.uploads.tus.repository import Progress, ResumableRepository, etags_of
+from imagesvc.uploads.tus.state import (
+    Body,
+    ChunkCut,
+    Finished,
+    Refused,
+    UploadState,
+    info_of,
+    state_of,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class UploadState:
-    """What HEAD (and every successful answer) reports."""
-
-    id: str
-    offset: int
-    length: int | None
-    metadata: str | None
-    expires_at: datetime | None  # None once done
-    image_id: str | None  # set once the image is ready
-
-
-@dataclass(frozen=True, slots=True)
-class Body:
-    """A PATCH body as the endpoint hands it over: the chunks, and after them whether the
-    client cut the body short (disconnected)."""
-
-    chunks: AsyncIterator[bytes]
-    declared: int | None  # Content-Length, when sent
-    cut: Callable[[], bool]  # after the chunks: did the client disconnect mid-body?
-
-
-class Refused(Exception):
-    """Internal: the bytes ended the upload (415/413); carries the client's error."""
-
-    def __init__(self, error: ProblemError) -> None:
-        self.error = error
-
-
-def _state_of(upload: ResumableUpload) -> UploadState:
-    done = upload.state == ResumableState.DONE
-    return UploadState(
-        id=upload.id,
-        offset=upload.upload_offset,
-        length=upload.upload_length,
-        metadata=upload.upload_metadata,
-        expires_at=None if done else upload.expires_at,
-        image_id=upload.id if done else None,
-    )
-
-
-def _info_of(image: Image) -> ImageInfo | None:
-    if not image.content_type:
-        return None
-    fmt = next(f for f in FORMATS if f.content_type == image.content_type)
-    return ImageInfo(fmt, image.width, image.height, max(image.frames, 1))
 
 
 class ResumableService:
@@ -137,7 +96,7 @@ class ResumableService:
         self.part_size = part_size
         self.expiry = timedelta(seconds=expiry_seconds)
         self.lease_seconds = limits.lease_seconds
-        self._cleanups: set[asyncio.Future[None]] = set()
+        self.cleanup = Cleanup(db, store, layout)
 
     @property
     def max_size(self) -> int:
@@ -192,7 +151,7 @@ class ResumableService:
 
         await self.db.run(work)
         RESUMABLE_UPLOADS.labels("started").inc()
-        return _state_of(upload)
+        return state_of(upload)
 
     async def status(self, *, owner: str, upload_id: str) -> UploadState:
         upload = await self.db.read(
@@ -202,7 +161,7 @@ class ResumableService:
             raise NotFound(f"no upload {upload_id}")
         if upload.state == ResumableState.RECEIVING and upload.expires_at <= utcnow():
             raise UploadGone(f"upload {upload_id} expired; start a new one")
-        return _state_of(upload)
+        return state_of(upload)
 
     async def terminate(self, *, owner: str, upload_id: str) -> None:
         """DELETE: nothing of an unfinished upload is left. Of a finished one only the
@@ -224,7 +183,7 @@ class ResumableService:
         removed = await self.db.run(work)
         if removed is not None:
             RESUMABLE_UPLOADS.labels("terminated").inc()
-            await self._remove_stored(upload_id, removed.multipart_id)
+            await self.cleanup.remove_stored(upload_id, removed.multipart_id)
 
     # --- PATCH -----------------------------------------------------------------------------------
 
@@ -272,17 +231,17 @@ class ResumableService:
                 raise Refused(exc) from None  # the bytes are not an image we take
             return await self._commit(upload, image, receiver, token)
         except Refused as refused:
-            await self._shielded(self._refuse(upload_id, token, receiver, heartbeat, lease))
+            await self.cleanup.shielded(self._refuse(upload_id, token, receiver, heartbeat, lease))
             raise refused.error from None
         except (ObjectMissing, PartsMismatch):
             # The store no longer holds this upload's parts (aborted behind our back, a
             # store that lost them): it cannot be finished. Say so, and clean up.
-            await self._shielded(self._refuse(upload_id, token, receiver, heartbeat, lease))
+            await self.cleanup.shielded(self._refuse(upload_id, token, receiver, heartbeat, lease))
             raise UploadGone(
                 "the store lost this upload's parts; it was removed, start a new upload"
             ) from None
         except BaseException:
-            await self._shielded(self._abandon(upload_id, token, receiver, heartbeat, lease))
+            await self.cleanup.shielded(self._abandon(upload_id, token, receiver, heartbeat, lease))
             raise
         finally:
             await _stop(heartbeat, lease)
@@ -310,13 +269,13 @@ class ResumableService:
 
         try:
             return await self.db.run(work)
-        except _Finished as finished:
-            return finished.state
+        except Finished as done:
+            return done.state
 
     def _why_not(self, upload: ResumableUpload, offset: int, now: datetime) -> Exception:
         if upload.state == ResumableState.DONE:
             if offset == upload.upload_offset:
-                return _Finished(_state_of(upload))
+                return Finished(state_of(upload))
             return OffsetConflict(f"the upload is complete at offset {upload.upload_offset}")
         if upload.expires_at <= now:
             return UploadGone(f"upload {upload.id} expired; start a new one")
@@ -352,7 +311,7 @@ class ResumableService:
             multipart_id=upload.multipart_id,
             tail_key=upload.tail_key,
             tail_size=upload.tail_size,
-            info=_info_of(image),
+            info=info_of(image),
         )
 
     async def _commit(
@@ -385,7 +344,7 @@ class ResumableService:
             raise UploadLocked("this PATCH lost its lease to another; HEAD and resume")
         receiver.new_tail = None  # committed: it is the row's now
         if upload.tail_key and upload.tail_key != tail_key:
-            await self._delete_quietly(upload.tail_key)
+            await self.cleanup.delete_quietly(upload.tail_key)
         return UploadState(
             id=upload.id,
             offset=progress.offset,
@@ -433,7 +392,7 @@ class ResumableService:
         UPLOADED_BYTES.inc(length)
         for key in (upload.tail_key, receiver.new_tail):
             if key:
-                await self._delete_quietly(key)
+                await self.cleanup.delete_quietly(key)
         receiver.new_tail = None
         return UploadState(upload.id, length, length, upload.upload_metadata, None, upload.id)
 
@@ -481,17 +440,9 @@ class ResumableService:
         await _stop(heartbeat, lease)
         if receiver is not None:
             await receiver.cancel()
-        now = utcnow()
-
-        async def work(tx: Tx) -> bool:
-            if not await ResumableRepository(tx).remove_claimed(upload_id, token=token):
-                return False
-            await ImageRepository(tx).claim_pending(upload_id, now=now)
-            return True
-
-        if await self.db.run(work):
+        multipart_id = receiver.multipart_id if receiver else None
+        if await self.cleanup.refuse(upload_id, token, multipart_id):
             RESUMABLE_UPLOADS.labels("refused").inc()
-            await self._remove_stored(upload_id, receiver.multipart_id if receiver else None)
 
     async def _abandon(
         self,
@@ -506,59 +457,10 @@ class ResumableService:
         await _stop(heartbeat, lease)
         if receiver is not None:
             await receiver.cancel()
-            if receiver.new_tail:
-                await self._delete_quietly(receiver.new_tail)
-        await self.db.run(lambda tx: ResumableRepository(tx).release(upload_id, token=token))
-
-    async def _remove_stored(self, upload_id: str, multipart_id: str | None) -> None:
-        """The rows are claimed (record gone, image `deleting`): the store, then the row.
-        If this stops half way, gc's stale-row pass finishes it."""
-        key = self.layout.original(upload_id)
-        if multipart_id is not None:
-            await self.store.abort_multipart(key, multipart_id)
-        async for unfinished in self.store.list_uploads(self.layout.image(upload_id)):
-            await self.store.abort_upload(unfinished)
-        await self.store.delete_prefix(self.layout.image(upload_id))
-        await self.db.run(lambda tx: ImageRepository(tx).remove(upload_id, ImageStatus.DELETING))
-
-    async def _delete_quietly(self, key: str) -> None:
-        try:
-            await self.store.delete_keys([key])
-        except ServiceUnavailable:
-            log.info("left tail %s for gc", key)
-
-    async def _shielded(self, cleanup: object) -> None:
-        """Clean up even when the request was cancelled; gc is the net if this fails."""
-        assert asyncio.iscoroutine(cleanup)
-
-        async def quietly() -> None:
-            try:
-                await cleanup
-            except Exception:
-                log.warning("tus clean-up failed; gc will finish it", exc_info=True)
-
-        future = asyncio.ensure_future(quietly())
-        self._cleanups.add(future)
-        future.add_done_callback(self._cleanups.discard)
-        await asyncio.shield(future)
+        await self.cleanup.release(upload_id, token, receiver.new_tail if receiver else None)
 
     async def drain(self, within: float) -> None:
-        if self._cleanups:
-            await asyncio.wait(set(self._cleanups), timeout=within)
-
-
-class _Finished(Exception):
-    def __init__(self, state: UploadState) -> None:
-        self.state = state
-
-
-class ChunkCut(ProblemError):
-    """A body with Upload-Checksum ended early: it cannot be verified, so none of it counts."""
-
-    status, code, title = 400, "client_disconnected", "Client disconnected"
-
-    def __init__(self) -> None:
-        super().__init__("the chunk ended before its Upload-Checksum could be verified")
+        await self.cleanup.drain(within)
 
 
 async def _set_header(tx: Tx, image_id: str, info: ImageInfo) -> None:
