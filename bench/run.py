@@ -539,6 +539,11 @@ def main() -> None:
         "| target | measured | goal | |\n|---|---|---|---|\n"
         f"{verdicts}\n\n" + "\n".join(report.sections) + "\n"
     )
+    # bench/tus.py's section (between its markers) is kept as that script wrote it.
+    previous = Path(args.out).read_text() if Path(args.out).exists() else ""
+    if "<!-- tus:begin -->" in previous and "<!-- tus:end -->" in previous:
+        kept = previous.split("<!-- tus:begin -->", 1)[1].split("<!-- tus:end -->", 1)[0]
+        document += f"\n<!-- tus:begin -->{kept}<!-- tus:end -->\n"
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         document += "\n" + notes.read_text()

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from imagesvc.images.models import ResumableUpload
 from tests.api import fetch_content
 from tests.conftest import TEST_MAX_UPLOAD, TEST_PART_SIZE, Inspector, client_for
-from tests.samples import PDF, png_claiming
+from tests.samples import PDF, encode, png_claiming
 from tests.uploads.tus.helpers import (
     CHUNK,
     MIB,
@@ -444,3 +444,21 @@ async def patch_stream(
     client: httpx.AsyncClient, url: str, offset: int, body: AsyncIterator[bytes]
 ) -> httpx.Response:
     return await client.patch(url, content=body, headers={**CHUNK, "Upload-Offset": str(offset)})
+
+
+@pytest.mark.parametrize("same_process", [True, False], ids=["measured-on-the-way", "read-back"])
+async def test_facts_of_an_animation_whichever_way_they_are_measured(
+    client: httpx.AsyncClient, app: FastAPI, same_process: bool
+) -> None:
+    """One process that saw every byte measures on the way in; otherwise (another replica
+    served a PATCH) the finished object is read back once. Same facts either way."""
+    data = encode("GIF", (40, 30), frames=7)
+    url, _ = await create(client, len(data))
+    half = len(data) // 2
+    assert (await patch(client, url, 0, data[:half])).status_code == 204
+    if not same_process:
+        app.state.runtime.resumable.chains.clear()  # as if another process had served it
+    assert (await patch(client, url, half, data[half:])).status_code == 204
+    image = (await client.get(f"/v1/images/{id_of(url)}")).json()
+    assert (image["content_type"], image["frames"]) == ("image/gif", 7)
+    assert (image["byte_size"], image["sha256"]) == (len(data), sha256(data))

@@ -23,6 +23,7 @@ import secrets
 import time
 from datetime import datetime, timedelta
 
+from imagesvc.cache import TtlCache
 from imagesvc.db import Database, Tx, utcnow
 from imagesvc.errors import (
     BadRequest,
@@ -50,8 +51,8 @@ from imagesvc.storage.port import (
     PartsMismatch,
     StorageUnavailable,
 )
-from imagesvc.uploads.ingest import Ingest, UploadHooks, UploadLimits
-from imagesvc.uploads.stored import measure_stored
+from imagesvc.uploads.ingest import Ingest, MeasuredUpload, UploadHooks, UploadLimits
+from imagesvc.uploads.stored import Measured, measure_stored
 from imagesvc.uploads.tus.cleanup import Cleanup
 from imagesvc.uploads.tus.protocol import (
     Checksum,
@@ -74,6 +75,7 @@ from imagesvc.uploads.tus.state import (
 )
 
 log = logging.getLogger(__name__)
+_CHAINS_MAX = 10_000
 
 
 class ResumableService:
@@ -97,6 +99,13 @@ class ResumableService:
         self.expiry = timedelta(seconds=expiry_seconds)
         self.lease_seconds = limits.lease_seconds
         self.cleanup = Cleanup(db, store, layout)
+        # Upload id -> (offset, the measurement of bytes 0..offset), for uploads whose every
+        # byte so far passed through this process (the usual case: one client, one
+        # connection). A chain broken by another process, a failed PATCH or eviction
+        # costs one streamed read of the object at completion, nothing else.
+        self.chains: TtlCache[str, tuple[int, MeasuredUpload]] = TtlCache(
+            expiry_seconds, _CHAINS_MAX
+        )
 
     @property
     def max_size(self) -> int:
@@ -216,6 +225,7 @@ class ResumableService:
                 lease=lease,
                 checksum=checksum,
                 record_multipart=lambda mid: self._record_multipart(upload_id, token, mid),
+                chain=self._chain(upload_id, start.offset),
             )
             try:
                 await receiver.load_tail()
@@ -245,6 +255,13 @@ class ResumableService:
             raise
         finally:
             await _stop(heartbeat, lease)
+
+    def _chain(self, upload_id: str, offset: int) -> MeasuredUpload | None:
+        kept = self.chains.get(upload_id)
+        self.chains.discard(upload_id)  # back only once this PATCH is committed
+        if kept is not None and kept[0] == offset:
+            return kept[1]
+        return MeasuredUpload(self.limits) if offset == 0 else None
 
     async def _claim(
         self, owner: str, upload_id: str, offset: int, token: str
@@ -343,6 +360,8 @@ class ResumableService:
         if not await self.db.run(work):
             raise UploadLocked("this PATCH lost its lease to another; HEAD and resume")
         receiver.new_tail = None  # committed: it is the row's now
+        if receiver.chain is not None:
+            self.chains.put(upload.id, (progress.offset, receiver.chain))
         if upload.tail_key and upload.tail_key != tail_key:
             await self.cleanup.delete_quietly(upload.tail_key)
         return UploadState(
@@ -368,7 +387,7 @@ class ResumableService:
             # (An object of the right size is the work of a completion that crashed before
             # its commit: only completions write this key.)
             await receiver.assemble(content_type=info.format.content_type)
-        measured = await measure_stored(self.store, image.storage_key, self.limits)
+        measured = await self._measure(image.storage_key, receiver, length)
         if measured.upload.size != length:
             log.error("store lost or truncated upload %s", upload.id)
             raise StorageUnavailable("the object store did not keep the upload; retry it")
@@ -395,6 +414,19 @@ class ResumableService:
                 await self.cleanup.delete_quietly(key)
         receiver.new_tail = None
         return UploadState(upload.id, length, length, upload.upload_metadata, None, upload.id)
+
+    async def _measure(self, key: str, receiver: Receiver, length: int) -> Measured:
+        """The facts of the stored object: from the chain when this process measured every
+        byte on its way in (then a HEAD checks the stored size, as for streamed uploads),
+        else from one streamed read of the object."""
+        chain = receiver.chain
+        if chain is None or chain.size != length:
+            return await measure_stored(self.store, key, self.limits)
+        info = chain.finish()
+        stored = await self.store.head(key)
+        if stored is None or stored.size != length:
+            raise StorageUnavailable("the object store did not keep the upload; retry it")
+        return Measured(chain, info, None)
 
     async def _record_multipart(self, upload_id: str, token: str, multipart_id: str) -> None:
         recorded = await self.db.run(
