@@ -125,7 +125,7 @@ def main() -> None:
         "## 6. Resumable uploads (tus; bench/tus.py)\n\n"
         f"Machine: {machine()}. rclone `serve s3`, {PART // MIB} MiB parts, 100 MiB image; "
         "tus chunks are PATCHed one after the other and the last one completes the image "
-        "(assembly, one streamed read for size/sha256/frames, placeholder).\n\n"
+        "(assembly, a HEAD of the object, pending -> ready; one process served every PATCH, so size, sha256 and frames were measured on the way in).\n\n"
         f"| path | MiB/s (median of {rounds}) | vs direct |\n|---|---:|---:|\n"
         f"| direct aioboto3 `upload_fileobj` (concurrency 2) | {rate['direct']:.1f} | 1.00x |\n"
         f"| direct aioboto3, concurrency 1 (parts one after the other) | "
