@@ -462,3 +462,24 @@ async def test_facts_of_an_animation_whichever_way_they_are_measured(
     image = (await client.get(f"/v1/images/{id_of(url)}")).json()
     assert (image["content_type"], image["frames"]) == ("image/gif", 7)
     assert (image["byte_size"], image["sha256"]) == (len(data), sha256(data))
+
+
+async def test_metrics_count_uploads_and_received_bytes(client: httpx.AsyncClient) -> None:
+    def value(text: str, sample: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = (await client.get("/metrics")).text
+    data = image_of(3000)
+    url, _ = await create(client, len(data))
+    await send_all(client, url, data, 1000)
+    refused, _ = await create(client, 100)
+    await patch(client, refused, 0, PDF)
+    after = (await client.get("/metrics")).text
+    for event, more in (("started", 2), ("completed", 1), ("refused", 1)):
+        sample = f'imagesvc_resumable_uploads_total{{event="{event}"}}'
+        assert value(after, sample) - value(before, sample) == more, event
+    received = 'imagesvc_upload_received_bytes_total{protocol="tus"}'
+    assert value(after, received) - value(before, received) == len(data) + len(PDF)
