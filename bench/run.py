@@ -551,7 +551,7 @@ def main() -> None:
         "| target | measured | goal | |\n|---|---|---|---|\n"
         f"{verdicts}\n\n" + "\n".join(report.sections) + "\n"
     )
-    # Sections other bench scripts write (bench/direct.py) stay, between their markers.
+    # Sections other bench scripts write (bench/direct.py, bench/tus.py) stay, between their markers.
     previous = Path(args.out).read_text() if Path(args.out).exists() else ""
     for kept in re.findall(r"<!-- (\w+):begin -->.*?<!-- \1:end -->", previous, re.S):
         block = re.search(f"<!-- {kept}:begin -->.*?<!-- {kept}:end -->", previous, re.S)

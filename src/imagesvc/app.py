@@ -21,6 +21,7 @@ from imagesvc.serving.endpoints import router as content_router
 from imagesvc.uploads.direct.endpoints import router as direct_router
 from imagesvc.uploads.direct.endpoints import uploads_router as direct_uploads_router
 from imagesvc.uploads.endpoints import router as uploads_router
+from imagesvc.uploads.tus.endpoints import router as tus_router
 from imagesvc.variants.endpoints import router as variants_router
 from imagesvc.web.operations import router as operations_router
 from imagesvc.web.stack import ImagesvcAPI
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     install_openapi(app)
     # The order routes are tried in; their paths do not overlap.
-    for router in (uploads_router, images_router, content_router, variants_router):
+    for router in (uploads_router, images_router, content_router, variants_router, tus_router):
         app.include_router(router)
     app.include_router(direct_router)
     app.include_router(direct_uploads_router)

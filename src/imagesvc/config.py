@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # URLs for at most 7 days.
     direct_upload_ttl: int = Field(default=900, ge=1, le=7 * 24 * 3600)
 
+    # --- resumable uploads (tus, SPEC §10) ----------------------------------------------------
+    # An unfinished tus upload expires this long after its last PATCH (410, then gc).
+    resumable_expiry_seconds: int = Field(default=86400, ge=1)
+
     # Serving reads an image's row at most once per this many seconds per process (the
     # bound on how long another process's PATCH or DELETE takes to show); 0 turns it off.
     read_cache_seconds: float = Field(default=1.0, ge=0, le=60)

@@ -30,6 +30,8 @@ _ALWAYS = {
 # Reachable without a key when the image is public.
 # (HEAD too; and with a signed link, `exp` + `sig`, any image without a key.)
 _PUBLIC_READS = {"getImageContent", "getImageVariant", "headImageContent", "headImageVariant"}
+# tus discovery: answered to anyone, a key or not.
+_NO_KEY_NEEDED = {"tusOptions", "tusUploadOptions"}
 
 DESCRIPTION = """
 Upload, serve, list, render and delete images: bytes in S3-compatible storage, facts in SQL.
@@ -80,6 +82,11 @@ def install_openapi(app: FastAPI) -> None:
             routes=app.routes,
             tags=[
                 {"name": "images", "description": "The image lifecycle and renditions."},
+                {
+                    "name": "uploads",
+                    "description": "Resumable uploads: tus 1.0.0 (creation, creation-with-upload, "
+                    "creation-defer-length, termination, expiration, checksum).",
+                },
                 {"name": "operations", "description": "Health and readiness probes."},
             ],
         )
@@ -117,5 +124,5 @@ def _adjust(document: dict[str, Any]) -> None:
                     responses.setdefault(status, problem_response(description, status))
             if "requestBody" in operation:
                 responses.setdefault("400", problem_response("The body cannot be parsed."))
-            if operation.get("operationId") in _PUBLIC_READS:
+            if operation.get("operationId") in _PUBLIC_READS | _NO_KEY_NEEDED:
                 operation["security"] = [{"ApiKey": []}, {}]

@@ -31,6 +31,7 @@ from imagesvc.uploads.direct.service import DirectUploads
 from imagesvc.uploads.ingest import UploadLimits
 from imagesvc.uploads.placeholders import Placeholders
 from imagesvc.uploads.service import UploadService
+from imagesvc.uploads.tus.service import ResumableService
 from imagesvc.variants.policy import VariantPolicy
 from imagesvc.variants.service import VariantService
 
@@ -73,6 +74,7 @@ class Runtime:
     content: ContentService
     uploads: UploadService
     direct: DirectUploads
+    resumable: ResumableService
     variants: VariantService
     links: LinkService
     reconciler: Reconciler
@@ -113,6 +115,7 @@ class Runtime:
                 await self.variants.drain(within=10)
                 await self.uploads.drain(within=10)
                 await self.direct.drain(within=10)
+                await self.resumable.drain(within=10)
                 self.pool.close()
                 if self.rate_limiter is not None:
                     await self.rate_limiter.close()
@@ -163,6 +166,15 @@ class Runtime:
             layout=layout,
             limits=self.uploads.limits,
             ttl=settings.direct_upload_ttl,
+        )
+        self.resumable = ResumableService(
+            db,
+            store,
+            self.uploads.ingest,
+            limits=self.uploads.limits,
+            layout=layout,
+            part_size=settings.s3_part_size,
+            expiry_seconds=settings.resumable_expiry_seconds,
         )
         self.variants = VariantService(
             db,

@@ -45,3 +45,16 @@ def test_a_direct_uploads_landing_key_is_told_apart_from_the_original() -> None:
     assert original is not None
     assert not original.is_direct_upload
     assert layout.direct_upload(IMAGE_ID).startswith(layout.image(IMAGE_ID))
+
+
+def test_parked_tails_are_keys_of_their_image() -> None:
+    layout = KeyLayout("svc/")
+    first, second = layout.tail(IMAGE_ID), layout.tail(IMAGE_ID)
+    assert first != second  # a fresh key per PATCH
+    assert first.startswith(layout.image(IMAGE_ID) + "tus/")
+    parsed = layout.parse(first)
+    assert parsed is not None
+    assert (parsed.image_id, parsed.is_tail, parsed.is_variant) == (IMAGE_ID, True, False)
+    original = layout.parse(layout.original(IMAGE_ID))
+    assert original is not None
+    assert not original.is_tail

@@ -210,9 +210,38 @@ def test_schemathesis_finds_nothing(live: tuple[str, str, Process], tmp_path: Pa
         content=jpeg(),
         headers={"Authorization": f"Bearer {key}", "Content-Type": "image/jpeg"},
     ).raise_for_status()
+    # And a tus upload for the operations on /v1/uploads/{upload_id}: nothing in a response
+    # body names it (its URL comes in `Location`), so the config supplies its id.
+    created = httpx.post(
+        f"{url}/v1/uploads",
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": "900",
+        },
+    )
+    created.raise_for_status()
+    upload_id = created.headers["location"].rsplit("/", 1)[1]
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        "[[operations]]\n"
+        'include-path-regex = "^/v1/uploads/"\n'
+        f'parameters = {{ "path.upload_id" = "{upload_id}" }}\n\n'
+        # A random Upload-Offset is almost never the upload's offset, and 409 is then the
+        # right answer; schemathesis would report the operation as rejecting its data.
+        "[[operations]]\n"
+        'include-name = "PATCH /v1/uploads/{upload_id}"\n'
+        "warnings = false\n\n"
+        # The first DELETE removes the upload: every later one is rightly a 404.
+        "[[operations]]\n"
+        'include-name = "DELETE /v1/uploads/{upload_id}"\n'
+        "warnings = false\n"
+    )
     result = subprocess.run(
         [
             str(BIN / "schemathesis"),
+            "--config-file",
+            str(config),
             "run",
             f"{url}/openapi.json",
             "--checks",
@@ -231,6 +260,12 @@ def test_schemathesis_finds_nothing(live: tuple[str, str, Process], tmp_path: Pa
         text=True,
         timeout=900,
         cwd=tmp_path,
+        # How to send tus chunks (application/offset+octet-stream).
+        env={
+            **_environ(),
+            "SCHEMATHESIS_HOOKS": "tests.system.schemathesis_hooks",
+            "PYTHONPATH": str(ROOT),
+        },
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert "No issues found" in result.stdout
+    assert "No issues found" in result.stdout, result.stdout[-6000:]

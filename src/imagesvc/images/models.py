@@ -1,6 +1,6 @@
 """Every table of the image lifecycle: `images` (one row per image, its state and facts),
-`variants` (renditions), `idempotency_keys` (retry-safe uploads) and `url_signing_keys` (the
-database-kept key of signed links)."""
+`variants` (renditions), `idempotency_keys` (retry-safe uploads), `url_signing_keys` (the
+database-kept key of signed links) and `resumable_uploads` (tus uploads in progress)."""
 
 from __future__ import annotations
 
@@ -158,3 +158,55 @@ class UrlSigningKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = ({"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},)
+
+
+class ResumableState(StrEnum):
+    # receiving: bytes are arriving over tus PATCHes; the image row is `pending`.
+    # done: the image is ready; the record stays (HEAD answers `Image-Id`) until it expires.
+    RECEIVING = "receiving"
+    DONE = "done"
+
+
+# S3 upload ids are opaque strings; AWS's are ~150 characters, other stores' shorter.
+MULTIPART_ID_MAX = 1024
+TUS_METADATA_MAX = 4096
+
+
+class ResumableUpload(Base):
+    """One tus upload (SPEC §10). The id is the image's: a `pending` images row exists from
+    creation. Everything an API process needs to continue the upload lives here, so any
+    process or replica may serve its next request."""
+
+    __tablename__ = "resumable_uploads"
+
+    id: Mapped[str] = mapped_column(String(IMAGE_ID_LENGTH), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    # Null while the client deferred the length (creation-defer-length).
+    upload_length: Mapped[int | None] = mapped_column(BigInteger)
+    # Bytes durably stored: the committed parts plus the parked tail.
+    upload_offset: Mapped[int] = mapped_column(BigInteger)
+    # The client's Upload-Metadata header as sent (echoed on HEAD), or null.
+    upload_metadata: Mapped[str | None] = mapped_column(String(TUS_METADATA_MAX))
+    # The store's multipart upload of the original, once the first part was cut.
+    multipart_id: Mapped[str | None] = mapped_column(String(MULTIPART_ID_MAX))
+    # JSON list of the committed parts' ETags: part n is item n - 1 (numbered 1, 2, ...).
+    parts: Mapped[str] = mapped_column(Text)
+    # The parked tail: bytes past the last part, below the minimum part size, kept as an
+    # object of their own (a fresh key each time) until the next PATCH prepends them.
+    tail_key: Mapped[str | None] = mapped_column(String(512))
+    tail_size: Mapped[int] = mapped_column(BigInteger)
+    # The lease of the PATCH (or DELETE) working on the upload: claimed with a conditional
+    # UPDATE, refreshed while it runs, free once `lease_expires_at` passed.
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # IMAGESVC_RESUMABLE_EXPIRY_SECONDS after the last PATCH (410 after, then gc).
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # gc's scan of expired uploads.
+        Index("ix_resumable_uploads_expires_at", "expires_at"),
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"},
+    )

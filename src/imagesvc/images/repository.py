@@ -10,10 +10,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Table, bindparam, delete, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from imagesvc.db import Database, Tx
-from imagesvc.images.models import Image, ImageStatus, Variant, Visibility
+from imagesvc.images.models import Image, ImageStatus, ResumableUpload, Variant, Visibility
 
 _images: Table = Image.__table__  # type: ignore[assignment]
 # Built once: the content and variant paths run this on every request, and building and
@@ -159,13 +170,21 @@ class ImageRepository:
     async def stale(self, *, before: datetime, limit: int) -> Sequence[Image]:
         """Pending and deleting rows whose actor has not been heard of since `before`.
         Pending direct uploads are not among them: nothing heart-beats them while the
-        client uploads, so their TTL decides (`expired_direct_uploads`)."""
+        client uploads, so their TTL decides (`expired_direct_uploads`). Nor are pending
+        rows of resumable (tus) uploads, not heart-beaten between PATCHes: they live as
+        long as their upload record, and gc's expiry pass decides when they go."""
         query = (
             select(Image)
             .where(
                 Image.status.in_((ImageStatus.PENDING, ImageStatus.DELETING)),
                 Image.updated_at < before,
-                or_(Image.status == ImageStatus.DELETING, Image.upload_expires_at.is_(None)),
+                or_(
+                    Image.status == ImageStatus.DELETING,
+                    and_(
+                        Image.upload_expires_at.is_(None),
+                        ~exists().where(ResumableUpload.id == Image.id),
+                    ),
+                ),
             )
             .order_by(Image.updated_at)
             .limit(limit)
@@ -184,6 +203,35 @@ class ImageRepository:
                 Image.upload_expires_at.is_(None),
             )
             .values(status=ImageStatus.DELETING)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # --- resumable uploads (uploads/tus/) -------------------------------------------------------
+
+    async def pending(self, image_id: str) -> Image | None:
+        result = await self.session.execute(
+            select(Image).where(Image.id == image_id, Image.status == ImageStatus.PENDING)
+        )
+        return result.scalar_one_or_none()
+
+    async def set_header(
+        self, image_id: str, *, content_type: str, width: int, height: int, frames: int
+    ) -> None:
+        """What the header probe found, on the pending row (a tus upload is created before
+        any byte arrives, so these start empty)."""
+        await self.session.execute(
+            update(Image)
+            .where(Image.id == image_id, Image.status == ImageStatus.PENDING)
+            .values(content_type=content_type, width=width, height=height, frames=frames)
+        )
+
+    async def claim_pending(self, image_id: str, *, now: datetime) -> bool:
+        """pending -> deleting for an upload being discarded; if the removal stops half
+        way, the stale-row pass finishes it one lease later."""
+        result = await self.session.execute(
+            update(Image)
+            .where(Image.id == image_id, Image.status == ImageStatus.PENDING)
+            .values(status=ImageStatus.DELETING, updated_at=now)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -54,6 +54,7 @@ _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 _HEVC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
 _HEIF_BRANDS = frozenset({b"mif1", b"msf1"})
 _SEQUENCE_BRANDS = frozenset({b"avis", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"msf1"})
+FORMATS = (JPEG, PNG, GIF, WEBP, AVIF, HEIC, HEIF)
 
 
 @dataclass(frozen=True, slots=True)

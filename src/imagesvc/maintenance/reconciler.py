@@ -18,6 +18,12 @@ Passes, each bounded by `limit` items per run:
    upload while the client uploads, so pass 1 never takes one, whatever the grace; a
    landing key (`img/<id>/upload`) counts as orphaned (pass 2) once its image is not
    pending any more.
+6. Resumable (tus) uploads past their expiry: the record goes and the image row turns
+   `deleting` in one transaction, then the multipart upload, the parked tail and the row
+   go as in pass 1 (which finishes the job if this stops half way). A live tus upload is
+   not heart-beaten between PATCHes: pass 1 leaves its pending row alone, passes 2 and 3
+   leave the tail and the multipart upload its record names (and everything of an upload
+   whose PATCH holds the lease).
 
 Every step is idempotent and conditional, so gc is safe alongside live traffic and
 alongside another gc: it never touches a pending row whose lease is held.
@@ -29,13 +35,14 @@ import logging
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 
-from imagesvc.db import Database, utcnow
-from imagesvc.images.models import Image, ImageStatus, Variant
+from imagesvc.db import Database, Tx, utcnow
+from imagesvc.images.models import Image, ImageStatus, ResumableState, ResumableUpload, Variant
 from imagesvc.images.repository import ImageRepository
-from imagesvc.observability.metrics import GC_ITEMS
+from imagesvc.observability.metrics import GC_ITEMS, RESUMABLE_UPLOADS
 from imagesvc.storage.layout import KeyLayout, StoredKey
 from imagesvc.storage.port import ObjectInfo, ObjectStore, UploadInfo
 from imagesvc.uploads.idempotency import IdempotentUploads
+from imagesvc.uploads.tus.repository import ResumableRepository
 from imagesvc.variants.repository import VariantRepository
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,9 @@ class GcReport:
     unfinished_multipart_uploads: list[str] = field(default_factory=list)  # keys
     expired_idempotency_keys: int = 0
     expired_direct_uploads: list[str] = field(default_factory=list)  # image ids
+    expired_resumable_uploads: list[str] = field(default_factory=list)  # image ids
+    # Records of finished tus uploads past their expiry (the images stay).
+    finished_upload_records: int = 0
     # Seen and left alone (not metrics).
     skipped_in_flight: int = 0
     foreign_keys: int = 0
@@ -78,6 +88,7 @@ class GcReport:
         out += [f"{verb} abandoned render {k}" for k in self.abandoned_renders]
         out += [f"{verb} unfinished upload {k}" for k in self.unfinished_multipart_uploads]
         out += [f"{verb} expired direct upload {i}" for i in self.expired_direct_uploads]
+        out += [f"{verb} expired resumable upload {i}" for i in self.expired_resumable_uploads]
         summary = ", ".join(
             f"{count} {label.replace('_', ' ')}s" for label, count in self.counts().items()
         )
@@ -119,6 +130,7 @@ class Reconciler:
             now=now, limit=limit, dry_run=dry_run
         )
         await self._expired_direct_uploads(report, now, limit)
+        await self._expired_resumable(report, now, limit)
         if not dry_run:
             for kind, count in report.counts().items():
                 GC_ITEMS.labels(kind).inc(count)
@@ -216,6 +228,9 @@ class Reconciler:
             return
         ids = sorted({parsed.image_id for _, parsed in page})
         known = await self.db.read(lambda tx: ImageRepository(tx).states(ids))
+        tail_ids = sorted({parsed.image_id for _, parsed in page if parsed.is_tail})
+        now = utcnow()
+        live = await self.db.read(lambda tx: ResumableRepository(tx).live(tail_ids, now=now))
         # A variant object is referenced only by its own variant row (each render writes a
         # fresh key); originals by their image row; a direct upload's landing key only while
         # its image is pending (after `complete` the client may still rewrite it).
@@ -228,12 +243,42 @@ class Reconciler:
                 return True
             if parsed.is_variant:
                 return info.key not in rendered
+            if parsed.is_tail:  # a parked tail: only the one its upload names is live
+                return _unreferenced_tail(info.key, live.get(parsed.image_id))
             return parsed.is_direct_upload and state[0] != ImageStatus.PENDING
 
         orphans = [info.key for info, parsed in page if orphaned(info, parsed)]
         if orphans and not report.dry_run:
             await self.store.delete_keys(orphans)
         report.orphan_objects += orphans
+
+    async def _expired_resumable(self, report: GcReport, now: datetime, limit: int) -> None:
+        expired = await self.db.read(
+            lambda tx: ResumableRepository(tx).expired(now=now, limit=limit)
+        )
+        for upload in expired:
+            unfinished = upload.state == ResumableState.RECEIVING
+            if report.dry_run:
+                if unfinished:
+                    report.expired_resumable_uploads.append(upload.id)
+                else:
+                    report.finished_upload_records += 1
+                continue
+            if not await self._drop(upload, now):
+                report.skipped_in_flight += 1  # a PATCH claimed it meanwhile
+                continue
+            if not unfinished:
+                report.finished_upload_records += 1
+                continue
+            report.expired_resumable_uploads.append(upload.id)
+            RESUMABLE_UPLOADS.labels("expired").inc()
+            if upload.multipart_id is not None:
+                key = self.layout.original(upload.id)
+                await self.store.abort_multipart(key, upload.multipart_id)
+            await self._remove(upload.id)
+
+    async def _drop(self, upload: ResumableUpload, now: datetime) -> bool:
+        return await self.db.run(lambda tx: _drop_expired(tx, upload, now))
 
     async def _unfinished_uploads(
         self, report: GcReport, store_cutoff: datetime, row_cutoff: datetime, limit: int
@@ -247,9 +292,18 @@ class Reconciler:
                 break
         ids = sorted({i for _, i in candidates if i is not None})
         known = await self.db.read(lambda tx: ImageRepository(tx).states(ids))
+        now = utcnow()
+        resumable = await self.db.read(lambda tx: ResumableRepository(tx).live(ids, now=now))
         for upload, image_id in candidates:
+            record = resumable.get(image_id or "")
             state = known.get(image_id or "")
-            if state and state[0] == ImageStatus.PENDING and state[1] >= row_cutoff:
+            if record is not None:
+                # A tus upload: its record, not the image row's age, tells what is live:
+                # the multipart upload it names, and any write while its PATCH runs.
+                live = record[2] or record[0] == upload.upload_id
+            else:
+                live = bool(state and state[0] == ImageStatus.PENDING and state[1] >= row_cutoff)
+            if live:
                 # A live upload: its lease is held. (Some stores report bogus Initiated
                 # times, e.g. moto's fixed 2010 date, so the row decides, not the store.)
                 report.skipped_in_flight += 1
@@ -257,3 +311,22 @@ class Reconciler:
             if not report.dry_run:
                 await self.store.abort_upload(upload)
             report.unfinished_multipart_uploads.append(upload.key)
+
+
+def _unreferenced_tail(key: str, record: tuple[str | None, str | None, bool] | None) -> bool:
+    """A parked tail is garbage unless an unfinished upload names it, or that upload's
+    PATCH is running (it may have written a new tail it has not committed yet)."""
+    if record is None:
+        return True
+    _, tail_key, leased = record
+    return not leased and tail_key != key
+
+
+async def _drop_expired(tx: Tx, upload: ResumableUpload, now: datetime) -> bool:
+    """The record goes, and an unfinished upload's image row turns `deleting` (the
+    stale-row pass finishes its removal if this run stops half way)."""
+    if not await ResumableRepository(tx).remove_expired(upload.id, now=now):
+        return False
+    if upload.state == ResumableState.RECEIVING:
+        await ImageRepository(tx).claim_pending(upload.id, now=now)
+    return True

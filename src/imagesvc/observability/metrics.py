@@ -27,6 +27,16 @@ UPLOADED_BYTES = Counter(
     "imagesvc_uploaded_bytes_total", "Bytes of images stored by successful uploads."
 )
 UPLOADS = Counter("imagesvc_uploads_total", "Upload outcomes.", ["outcome"])
+RESUMABLE_UPLOADS = Counter(
+    "imagesvc_resumable_uploads_total",
+    "tus uploads by event: started, completed, expired, terminated, refused (415/413).",
+    ["event"],
+)
+RECEIVED_BYTES = Counter(
+    "imagesvc_upload_received_bytes_total",
+    "Upload bytes received from clients, by protocol (post: POST /v1/images; tus).",
+    ["protocol"],
+)
 RENDERS = Counter("imagesvc_renders_total", "Variant renders.", ["format", "outcome"])
 RENDER_SECONDS = Histogram(
     "imagesvc_render_duration_seconds",

@@ -5,6 +5,7 @@
                                                          client writes it (presigned PUT);
                                                          `complete` copies it to `original`
     {prefix}img/{image id}/v/{w}x{h}-{fit}-{nonce}.{ext}  a rendered variant
+    {prefix}img/{image id}/tus/{nonce}.tail              a tus upload's parked tail
 
 Every object of an image lives under `{prefix}img/{image id}/`, so deleting an image is
 "delete the prefix"; gc recognises its own objects by this layout (never by searching a
@@ -22,6 +23,7 @@ from imagesvc.ids import is_image_id
 ORIGINAL = "original"
 VARIANTS = "v"
 DIRECT_UPLOAD = "upload"
+RESUMABLE = "tus"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,8 @@ class StoredKey:
     is_variant: bool
     # A direct upload's landing key: referenced only while its image is `pending`.
     is_direct_upload: bool = False
+    # A parked tail of a resumable upload (referenced by its upload's row, if any).
+    is_tail: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,12 @@ class KeyLayout:
             f"-{secrets.token_hex(4)}.{extension}"
         )
 
+    def tail(self, image_id: str) -> str:
+        """A fresh key per parked tail: the row switches from the old tail to the new one
+        in one commit, so a crash between writing and committing never changes the bytes
+        under a key the row names."""
+        return f"{self.image(image_id)}{RESUMABLE}/{secrets.token_hex(8)}.tail"
+
     def parse(self, key: str) -> StoredKey | None:
         """The image a key belongs to, or None for a key that is not ours."""
         if not key.startswith(self.root):
@@ -71,8 +81,10 @@ class KeyLayout:
         parts = key[len(self.root) :].split("/")
         if len(parts) < 2 or not is_image_id(parts[0]):
             return None
+        nested = len(parts) == 3
         return StoredKey(
             parts[0],
-            is_variant=len(parts) == 3 and parts[1] == VARIANTS,
+            is_variant=nested and parts[1] == VARIANTS,
             is_direct_upload=parts[1:] == [DIRECT_UPLOAD],
+            is_tail=nested and parts[1] == RESUMABLE,
         )

@@ -3,10 +3,16 @@
 Objects are files under `root`, written to `root/.incoming/` first and renamed into place on
 `complete()`, so a crash never leaves a half-written file under a real key. File I/O runs in
 worker threads so the event loop never blocks on the disk.
+
+Multipart uploads that outlive a request (tus) follow S3's protocol: a directory
+`.incoming/<quoted key>.<upload id>.parts/` holds one file per part number (a part uploaded
+again replaces the file), the part's ETag is the MD5 of its bytes, and completing checks
+every named ETag while concatenating the parts into the object.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -24,6 +30,7 @@ from imagesvc.storage.port import (
     ObjectInfo,
     ObjectMissing,
     ObjectStream,
+    PartsMismatch,
     SignedRequest,
     SignedUrl,
     StorageUnavailable,
@@ -37,6 +44,7 @@ READ_CHUNK = 256 * 1024
 # Writes are gathered into blocks this large so one thread hop carries a useful amount.
 WRITE_BLOCK = 1024 * 1024
 INCOMING = ".incoming"
+PARTS = ".parts"
 
 
 class LocalObjectStore:
@@ -154,6 +162,16 @@ class LocalObjectStore:
 
     def _list_uploads(self, prefix: str) -> list[UploadInfo]:
         found = []
+        for path in (self.root / INCOMING).glob(f"*{PARTS}"):
+            # A multipart upload: its id is what create_multipart returned.
+            quoted, upload_id = path.name.removesuffix(PARTS).rsplit(".", 1)
+            key = unquote(quoted)
+            if key.startswith(prefix):
+                try:
+                    modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+                except FileNotFoundError:
+                    continue
+                found.append(UploadInfo(key=key, upload_id=upload_id, initiated=modified))
         for path in (self.root / INCOMING).glob("*.part"):
             key = unquote(path.name.rsplit(".", 2)[0])
             if key.startswith(prefix):
@@ -165,6 +183,9 @@ class LocalObjectStore:
         return found
 
     async def abort_upload(self, upload: UploadInfo) -> None:
+        if not upload.upload_id.endswith(".part"):
+            await self.abort_multipart(upload.key, upload.upload_id)
+            return
         path = self.root / INCOMING / Path(upload.upload_id).name
         await _io(lambda: path.unlink(missing_ok=True))
 
@@ -207,6 +228,85 @@ class LocalObjectStore:
 
     async def ping(self) -> None:
         await _io(self._ensure_dirs)
+
+    # --- resumable uploads: S3's multipart protocol over files ------------------------------
+
+    async def put_object(self, key: str, body: bytes, *, content_type: str) -> None:
+        writer = await self.open_write(key, content_type=content_type)
+        try:
+            await writer.write(body)
+            await writer.complete()
+        except BaseException:
+            await writer.abort()
+            raise
+
+    def _parts_dir(self, key: str, upload_id: str) -> Path:
+        if not upload_id.isalnum():  # ours are uuid hex; never a path
+            raise ObjectMissing(upload_id)
+        self.path_of(key)  # the same check as for any key
+        return self.root / INCOMING / f"{quote(key, safe='')}.{upload_id}{PARTS}"
+
+    async def create_multipart(self, key: str, *, content_type: str) -> str:
+        upload_id = uuid.uuid4().hex
+        await _io(self._parts_dir(key, upload_id).mkdir)
+        return upload_id
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
+        parts = self._parts_dir(key, upload_id)
+
+        def write() -> str:
+            if not parts.is_dir():
+                raise ObjectMissing(upload_id)
+            temp = parts / f"{number:05d}.{uuid.uuid4().hex}.tmp"
+            with temp.open("xb") as handle:
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, parts / f"{number:05d}")  # replaces an earlier upload of it
+            return f'"{hashlib.md5(body).hexdigest()}"'
+
+        try:
+            return await _io(write)
+        except FileNotFoundError:
+            raise ObjectMissing(upload_id) from None  # aborted meanwhile
+
+    async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
+        parts = self._parts_dir(key, upload_id)
+        final = self.path_of(key)
+
+        def assemble() -> None:
+            if not parts.is_dir():
+                raise ObjectMissing(upload_id)
+            temp = self.root / INCOMING / f"{quote(key, safe='')}.{uuid.uuid4().hex}.part"
+            try:
+                with temp.open("xb") as out:
+                    for number, etag in enumerate(etags, 1):
+                        digest = hashlib.md5()
+                        try:
+                            with (parts / f"{number:05d}").open("rb") as part:
+                                while block := part.read(WRITE_BLOCK):
+                                    digest.update(block)
+                                    out.write(block)
+                        except FileNotFoundError:
+                            raise PartsMismatch(f"part {number}") from None
+                        if f'"{digest.hexdigest()}"' != etag:
+                            raise PartsMismatch(f"part {number}")
+                    out.flush()
+                    os.fsync(out.fileno())
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temp, final)
+            finally:
+                temp.unlink(missing_ok=True)
+            shutil.rmtree(parts, ignore_errors=True)
+
+        await _io(assemble)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            parts = self._parts_dir(key, upload_id)
+        except ObjectMissing:
+            return
+        await _io(lambda: shutil.rmtree(parts, ignore_errors=True))
 
 
 async def _io(func: Callable[..., T], *args: Any) -> T:

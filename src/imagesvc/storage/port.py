@@ -27,6 +27,11 @@ class ObjectMissing(Exception):
     """The key does not exist in the store (a domain-level 404 or a dangling row)."""
 
 
+class PartsMismatch(Exception):
+    """Completing a multipart upload named parts the store does not hold as named (a part
+    is missing, or was overwritten since its ETag was recorded)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str
@@ -160,6 +165,28 @@ class ObjectStore(Protocol):
 
     async def ping(self) -> None:
         """Raise StorageUnavailable unless the store (and its bucket) answers."""
+
+    # --- resumable uploads: writes that outlive one request (tus, uploads/tus/) --------------
+
+    async def put_object(self, key: str, body: bytes, *, content_type: str) -> None:
+        """Store `body` under `key` in one request (durable when this returns)."""
+
+    async def create_multipart(self, key: str, *, content_type: str) -> str:
+        """Open a multipart upload of `key`; returns its id, valid across processes."""
+        ...
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
+        """Store part `number` (1..10000; all but the last at least 5 MiB) of the upload;
+        a part uploaded again under the same number replaces the earlier one. Returns the
+        part's ETag. Raises ObjectMissing when the upload is gone (aborted, completed)."""
+        ...
+
+    async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
+        """Assemble parts 1..len(etags), in order, into `key`; parts uploaded but not named
+        are dropped. Raises ObjectMissing (no such upload) or PartsMismatch."""
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Discard the upload and its parts; one already gone is not an error."""
 
 
 async def read_object(store: ObjectStore, key: str, *, size: int, limit: int) -> bytes:

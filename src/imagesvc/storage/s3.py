@@ -16,9 +16,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aioboto3
+import aiohttp
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -29,6 +31,7 @@ from imagesvc.storage.port import (
     ObjectInfo,
     ObjectMissing,
     ObjectStream,
+    PartsMismatch,
     SignedRequest,
     SignedUrl,
     StorageUnavailable,
@@ -44,9 +47,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 READ_CHUNK = 256 * 1024
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
+# CompleteMultipartUpload naming a part the store does not hold as named.
+_PARTS_CODES = frozenset({"InvalidPart", "InvalidPartOrder"})
 # DeleteObjects takes at most 1000 keys per call.
 _DELETE_BATCH = 1000
 _SIGNED_CACHE_MAX = 50_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,11 @@ class S3Options:
     max_pool_connections: int = 64
 
 
+# A store that stops answering or cuts a body short: botocore's own errors, socket errors,
+# and aiohttp's (a response body cut short raises ClientPayloadError, not an OSError).
+_TRANSPORT_ERRORS = (TimeoutError, BotoCoreError, OSError, aiohttp.ClientError)
+
+
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -76,9 +87,11 @@ async def _call(what: str, op: Awaitable[T]) -> T:
         code = _error_code(exc)
         if code in _MISSING_CODES:
             raise ObjectMissing(what) from None
+        if code in _PARTS_CODES:
+            raise PartsMismatch(what) from None
         log.warning("s3 %s failed: %s", what, code or "unknown error")
         raise StorageUnavailable() from None
-    except (TimeoutError, BotoCoreError, OSError) as exc:
+    except _TRANSPORT_ERRORS as exc:
         log.warning("s3 %s failed: %s", what, type(exc).__name__)
         raise StorageUnavailable() from None
 
@@ -203,7 +216,7 @@ class S3ObjectStore:
                         data = data[:remaining]
                         remaining -= len(data)
                     yield data
-            except (TimeoutError, BotoCoreError, OSError) as exc:
+            except _TRANSPORT_ERRORS as exc:
                 log.warning("s3 read of an object failed mid-stream: %s", type(exc).__name__)
                 raise StorageUnavailable() from None
 
@@ -343,6 +356,51 @@ class S3ObjectStore:
 
     async def ping(self) -> None:
         await _call("head_bucket", self.client.head_bucket(Bucket=self.bucket))
+
+    # --- resumable uploads (the multipart primitives, across requests) ----------------------
+
+    async def put_object(self, key: str, body: bytes, *, content_type: str) -> None:
+        await _call(
+            "put_object",
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
+            ),
+        )
+
+    async def create_multipart(self, key: str, *, content_type: str) -> str:
+        created = await _call(
+            "create_multipart_upload",
+            self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ContentType=content_type
+            ),
+        )
+        return created["UploadId"]
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
+        response = await _call(
+            "upload_part",
+            self.client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+            ),
+        )
+        return response["ETag"]
+
+    async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
+        parts: list[CompletedPartTypeDef] = [
+            {"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, 1)
+        ]
+        await _call(
+            "complete_multipart_upload",
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            ),
+        )
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self.abort_upload(UploadInfo(key=key, upload_id=upload_id, initiated=_EPOCH))
 
 
 class S3Writer:
@@ -548,5 +606,5 @@ async def _best_effort(call: Callable[[], Awaitable[object]]) -> None:
     """Run a clean-up call; failures are logged, never raised (gc finishes the job)."""
     try:
         await call()
-    except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+    except (ClientError, *_TRANSPORT_ERRORS) as exc:
         log.warning("s3 clean-up call failed, gc will retry: %s", type(exc).__name__)

@@ -17,6 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from imagesvc.errors import BadRequest, PayloadTooLarge, ProblemError, UnsupportedMediaType
+from imagesvc.observability.metrics import RECEIVED_BYTES
 from imagesvc.uploads.ingest import UploadRequest
 
 # Text parts are tiny (visibility=public); a bigger one is abuse, not a form.
@@ -26,6 +27,7 @@ MAX_BOUNDARY = 70  # RFC 2046 §5.1.1
 # Room for boundaries, part headers and text fields on top of the file's own bytes.
 MULTIPART_OVERHEAD = 64 * 1024
 RAW_TYPES = ("application/octet-stream",)
+_RECEIVED = RECEIVED_BYTES.labels("post")
 
 
 class ClientGone(ProblemError):
@@ -93,6 +95,7 @@ async def _counted(request: Request, limit: int | None) -> AsyncIterator[bytes]:
             if not chunk:
                 continue
             seen += len(chunk)
+            _RECEIVED.inc(len(chunk))
             if limit is not None and seen > limit:
                 raise PayloadTooLarge(
                     f"the upload is larger than the limit of {limit - MULTIPART_OVERHEAD} bytes"

@@ -37,7 +37,7 @@ from imagesvc.serving.content import (
 )
 from imagesvc.serving.disposition import variant_download_name
 from imagesvc.storage.layout import KeyLayout
-from imagesvc.storage.port import ObjectMissing, ObjectStore, read_object
+from imagesvc.storage.port import ObjectMissing, ObjectStore, StorageUnavailable, read_object
 from imagesvc.variants.policy import VariantPolicy, choose_format
 from imagesvc.variants.repository import VariantKey, VariantRepository
 
@@ -191,8 +191,10 @@ class VariantService:
                     size=image.byte_size or 0,
                     limit=imaging.MAX_SOURCE_BYTES,
                 )
-            except ObjectMissing:
-                # The image was deleted since we read its row (elsewhere, or by gc).
+            except (ObjectMissing, StorageUnavailable):
+                # The image may have been deleted since we read its row (elsewhere, or by
+                # gc): then its bytes are gone, or cut short while we read them, and this is
+                # a 404. Otherwise the store is failing: a 503.
                 if not await self.images.still_viewable(viewer=image.owner, image_id=image.id):
                     raise NotFound(f"no image {image.id}") from None
                 raise ServiceUnavailable("the image's bytes are unavailable; retry") from None

@@ -1,0 +1,219 @@
+"""Every statement on `resumable_uploads`. The lease is the whole concurrency story: a PATCH
+(or a DELETE) claims the row with one conditional UPDATE, every write it makes afterwards
+names its token, and a lease whose holder stopped refreshing it is free again once
+`lease_expires_at` passed. No process-local lock is involved, so any replica may serve
+any request of an upload."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, or_, select, update
+
+from imagesvc.db import Tx
+from imagesvc.images.models import ResumableState, ResumableUpload
+
+
+def lease_free(now: datetime) -> Any:
+    return or_(ResumableUpload.lease_token.is_(None), ResumableUpload.lease_expires_at < now)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What one PATCH commits: the new offset and where its bytes are."""
+
+    offset: int
+    length: int | None
+    etags: Sequence[str]
+    tail_key: str | None
+    tail_size: int
+    expires_at: datetime
+
+
+def etags_of(upload: ResumableUpload) -> list[str]:
+    parts: list[str] = json.loads(upload.parts)
+    return parts
+
+
+class ResumableRepository:
+    def __init__(self, session: Tx) -> None:
+        self.session = session
+
+    async def add(self, upload: ResumableUpload) -> None:
+        self.session.add(upload)
+        await self.session.flush()
+
+    async def get_for_owner(self, owner: str, upload_id: str) -> ResumableUpload | None:
+        result = await self.session.execute(
+            select(ResumableUpload).where(
+                ResumableUpload.id == upload_id, ResumableUpload.owner == owner
+            )
+        )
+        return result.scalar_one_or_none()
+
+    async def claim(
+        self, owner: str, upload_id: str, *, offset: int, token: str, now: datetime, until: datetime
+    ) -> bool:
+        """Take the lease for one PATCH: only an unexpired, unfinished upload at exactly
+        `offset` whose lease is free. Of two PATCHes at once, one wins this UPDATE."""
+        result = await self.session.execute(
+            update(ResumableUpload)
+            .where(
+                ResumableUpload.id == upload_id,
+                ResumableUpload.owner == owner,
+                ResumableUpload.state == ResumableState.RECEIVING,
+                ResumableUpload.upload_offset == offset,
+                ResumableUpload.expires_at > now,
+                lease_free(now),
+            )
+            .values(lease_token=token, lease_expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def refresh(self, upload_id: str, *, token: str, until: datetime) -> bool:
+        """The lease's heartbeat; False once it is no longer ours."""
+        result = await self.session.execute(
+            update(ResumableUpload)
+            .where(ResumableUpload.id == upload_id, ResumableUpload.lease_token == token)
+            .values(lease_expires_at=until)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def set_multipart(self, upload_id: str, *, token: str, multipart_id: str) -> bool:
+        """Record a multipart upload as soon as it exists, so that only a crash in between
+        can leave one the row does not name (gc aborts those)."""
+        result = await self.session.execute(
+            update(ResumableUpload)
+            .where(ResumableUpload.id == upload_id, ResumableUpload.lease_token == token)
+            .values(multipart_id=multipart_id)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def commit(
+        self, upload_id: str, *, token: str, progress: Progress, now: datetime
+    ) -> bool:
+        """Advance the upload and release the lease, in one statement."""
+        result = await self.session.execute(
+            update(ResumableUpload)
+            .where(ResumableUpload.id == upload_id, ResumableUpload.lease_token == token)
+            .values(
+                upload_offset=progress.offset,
+                upload_length=progress.length,
+                parts=json.dumps(list(progress.etags)),
+                tail_key=progress.tail_key,
+                tail_size=progress.tail_size,
+                expires_at=progress.expires_at,
+                lease_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release(self, upload_id: str, *, token: str) -> None:
+        await self.session.execute(
+            update(ResumableUpload)
+            .where(ResumableUpload.id == upload_id, ResumableUpload.lease_token == token)
+            .values(lease_token=None, lease_expires_at=None)
+        )
+
+    async def finish(
+        self, upload_id: str, *, token: str, length: int, expires_at: datetime, now: datetime
+    ) -> bool:
+        """receiving -> done, in the transaction that makes the image ready."""
+        result = await self.session.execute(
+            update(ResumableUpload)
+            .where(ResumableUpload.id == upload_id, ResumableUpload.lease_token == token)
+            .values(
+                state=ResumableState.DONE,
+                upload_offset=length,
+                upload_length=length,
+                parts="[]",
+                multipart_id=None,
+                tail_key=None,
+                tail_size=0,
+                expires_at=expires_at,
+                lease_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def remove_claimed(self, upload_id: str, *, token: str) -> bool:
+        """Drop the record of an upload we hold the lease of (refused bytes)."""
+        result = await self.session.execute(
+            delete(ResumableUpload).where(
+                ResumableUpload.id == upload_id, ResumableUpload.lease_token == token
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def remove_unleased(self, owner: str, upload_id: str, *, now: datetime) -> bool:
+        """Termination: drop the record unless a PATCH holds its lease."""
+        result = await self.session.execute(
+            delete(ResumableUpload).where(
+                ResumableUpload.id == upload_id,
+                ResumableUpload.owner == owner,
+                lease_free(now),
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # --- the reconciler ------------------------------------------------------------------------
+
+    async def expired(self, *, now: datetime, limit: int) -> Sequence[ResumableUpload]:
+        """Records past their expiry whose lease is free (finished ones included)."""
+        query = (
+            select(ResumableUpload)
+            .where(ResumableUpload.expires_at < now, lease_free(now))
+            .order_by(ResumableUpload.expires_at)
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+    async def remove_expired(self, upload_id: str, *, now: datetime) -> bool:
+        """Drop an expired record, unless a PATCH claimed it meanwhile (it cannot: an
+        expired upload is never claimed; the lease check covers a PATCH begun before)."""
+        result = await self.session.execute(
+            delete(ResumableUpload).where(
+                ResumableUpload.id == upload_id,
+                ResumableUpload.expires_at < now,
+                lease_free(now),
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def live(
+        self, upload_ids: Sequence[str], *, now: datetime
+    ) -> dict[str, tuple[str | None, str | None, bool]]:
+        """Of these ids, the unfinished uploads: id -> (multipart id, tail key, leased)."""
+        if not upload_ids:
+            return {}
+        result = await self.session.execute(
+            select(
+                ResumableUpload.id,
+                ResumableUpload.multipart_id,
+                ResumableUpload.tail_key,
+                ResumableUpload.lease_token,
+                ResumableUpload.lease_expires_at,
+            ).where(
+                ResumableUpload.id.in_(upload_ids),
+                ResumableUpload.state == ResumableState.RECEIVING,
+            )
+        )
+        return {
+            row.id: (
+                row.multipart_id,
+                row.tail_key,
+                row.lease_token is not None
+                and row.lease_expires_at is not None
+                and row.lease_expires_at >= now,
+            )
+            for row in result
+        }

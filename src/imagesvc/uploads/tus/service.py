@@ -1,0 +1,511 @@
+"""The tus upload state machine (SPEC §10; docs/DESIGN.md "Resumable uploads").
+
+    POST     -> receiving (offset 0; a pending image row with the same id)
+    PATCH    -> receiving (offset advanced, parts and tail committed; expiry pushed back)
+             -> done      (last byte: object assembled, measured, image ready)
+             -> gone      (not an image / over the pixel limit: everything removed)
+    DELETE   -> gone
+    expiry   -> 410, then `imagesvc gc` removes parts, tail, multipart upload and rows
+
+Each PATCH holds the row's lease (a conditional UPDATE, refreshed while it runs), so two
+PATCHes of one upload never interleave, whichever processes serve them. Every step that
+changes the store writes a fresh key or an uncommitted part first and commits the row
+after, so a crash anywhere leaves either the old committed state (which the client resumes
+from) or objects that no row names (which gc removes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from datetime import datetime, timedelta
+
+from imagesvc.cache import TtlCache
+from imagesvc.db import Database, Tx, utcnow
+from imagesvc.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from imagesvc.ids import new_image_id
+from imagesvc.images.filenames import sanitise_filename
+from imagesvc.images.models import (
+    Image,
+    ImageStatus,
+    ResumableState,
+    ResumableUpload,
+    parse_visibility,
+)
+from imagesvc.images.repository import ImageRepository
+from imagesvc.imaging.probe import ImageInfo
+from imagesvc.observability.metrics import RESUMABLE_UPLOADS, UPLOADED_BYTES
+from imagesvc.storage.layout import KeyLayout
+from imagesvc.storage.port import (
+    ObjectMissing,
+    ObjectStore,
+    PartsMismatch,
+    StorageUnavailable,
+)
+from imagesvc.uploads.ingest import Ingest, MeasuredUpload, UploadHooks, UploadLimits
+from imagesvc.uploads.stored import Measured, measure_stored
+from imagesvc.uploads.tus.cleanup import Cleanup
+from imagesvc.uploads.tus.protocol import (
+    Checksum,
+    ChunkTooLong,
+    Creation,
+    OffsetConflict,
+    UploadGone,
+    UploadLocked,
+)
+from imagesvc.uploads.tus.receiver import Lease, Receiver, Start
+from imagesvc.uploads.tus.repository import Progress, ResumableRepository, etags_of
+from imagesvc.uploads.tus.state import (
+    Body,
+    ChunkCut,
+    Finished,
+    Refused,
+    UploadState,
+    info_of,
+    state_of,
+)
+
+log = logging.getLogger(__name__)
+_CHAINS_MAX = 10_000
+
+
+class ResumableService:
+    def __init__(
+        self,
+        db: Database,
+        store: ObjectStore,
+        ingest: Ingest,
+        *,
+        limits: UploadLimits,
+        layout: KeyLayout,
+        part_size: int,
+        expiry_seconds: float,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.ingest = ingest
+        self.limits = limits
+        self.layout = layout
+        self.part_size = part_size
+        self.expiry = timedelta(seconds=expiry_seconds)
+        self.lease_seconds = limits.lease_seconds
+        self.cleanup = Cleanup(db, store, layout)
+        # Upload id -> (offset, the measurement of bytes 0..offset), for uploads whose every
+        # byte so far passed through this process (the usual case: one client, one
+        # connection). A chain broken by another process, a failed PATCH or eviction
+        # costs one streamed read of the object at completion, nothing else.
+        self.chains: TtlCache[str, tuple[int, MeasuredUpload]] = TtlCache(
+            expiry_seconds, _CHAINS_MAX
+        )
+
+    @property
+    def max_size(self) -> int:
+        return self.limits.max_upload_bytes
+
+    # --- creation, HEAD, DELETE ------------------------------------------------------------------
+
+    async def create(self, *, owner: str, creation: Creation) -> UploadState:
+        if creation.length is not None and creation.length > self.max_size:
+            raise PayloadTooLarge(
+                f"Upload-Length is over the limit of {self.max_size} bytes (Tus-Max-Size)"
+            )
+        visibility = parse_visibility(creation.visibility)
+        image_id, created_at = new_image_id()
+        now = utcnow()
+        image = Image(
+            id=image_id,
+            owner=owner,
+            status=ImageStatus.PENDING,
+            storage_key=self.layout.original(image_id),
+            # Known once the header arrives (set_header); pending rows are never shown.
+            content_type="",
+            width=0,
+            height=0,
+            frames=0,
+            filename=sanitise_filename(creation.filename),
+            visibility=visibility,
+            created_at=created_at,
+            updated_at=created_at,
+        )
+        upload = ResumableUpload(
+            id=image_id,
+            owner=owner,
+            state=ResumableState.RECEIVING,
+            upload_length=creation.length,
+            upload_offset=0,
+            upload_metadata=creation.metadata_header,
+            multipart_id=None,
+            parts="[]",
+            tail_key=None,
+            tail_size=0,
+            lease_token=None,
+            lease_expires_at=None,
+            expires_at=now + self.expiry,
+            created_at=now,
+            updated_at=now,
+        )
+
+        async def work(tx: Tx) -> None:
+            await ImageRepository(tx).add(image)
+            await ResumableRepository(tx).add(upload)
+
+        await self.db.run(work)
+        RESUMABLE_UPLOADS.labels("started").inc()
+        return state_of(upload)
+
+    async def status(self, *, owner: str, upload_id: str) -> UploadState:
+        upload = await self.db.read(
+            lambda tx: ResumableRepository(tx).get_for_owner(owner, upload_id)
+        )
+        if upload is None:
+            raise NotFound(f"no upload {upload_id}")
+        if upload.state == ResumableState.RECEIVING and upload.expires_at <= utcnow():
+            raise UploadGone(f"upload {upload_id} expired; start a new one")
+        return state_of(upload)
+
+    async def terminate(self, *, owner: str, upload_id: str) -> None:
+        """DELETE: nothing of an unfinished upload is left. Of a finished one only the
+        upload record goes; the image stays (DELETE /v1/images/{id} removes it)."""
+        now = utcnow()
+
+        async def work(tx: Tx) -> ResumableUpload | None:
+            uploads = ResumableRepository(tx)
+            upload = await uploads.get_for_owner(owner, upload_id)
+            if upload is None:
+                raise NotFound(f"no upload {upload_id}")
+            if not await uploads.remove_unleased(owner, upload_id, now=now):
+                raise UploadLocked("a PATCH of this upload is in progress; retry shortly")
+            if upload.state == ResumableState.DONE:
+                return None
+            await ImageRepository(tx).claim_pending(upload_id, now=now)
+            return upload
+
+        removed = await self.db.run(work)
+        if removed is not None:
+            RESUMABLE_UPLOADS.labels("terminated").inc()
+            await self.cleanup.remove_stored(upload_id, removed.multipart_id)
+
+    # --- PATCH -----------------------------------------------------------------------------------
+
+    async def patch(
+        self,
+        *,
+        owner: str,
+        upload_id: str,
+        offset: int,
+        length: int | None,
+        checksum: Checksum | None,
+        body: Body,
+    ) -> UploadState:
+        token = secrets.token_hex(16)
+        claimed = await self._claim(owner, upload_id, offset, token)
+        if isinstance(claimed, UploadState):
+            return claimed  # a PATCH of a finished upload at its end: nothing to do
+        upload, image = claimed
+        lease = Lease(self.lease_seconds)
+        heartbeat = asyncio.create_task(self._heartbeat(upload_id, token, lease))
+        receiver: Receiver | None = None
+        try:
+            start = self._start(upload, image, length, body)
+            receiver = Receiver(
+                self.store,
+                self.layout,
+                self.limits,
+                part_size=self.part_size,
+                start=start,
+                lease=lease,
+                checksum=checksum,
+                record_multipart=lambda mid: self._record_multipart(upload_id, token, mid),
+                chain=self._chain(upload_id, start.offset),
+            )
+            try:
+                await receiver.load_tail()
+                await receiver.receive(body.chunks)
+                if body.cut() and checksum is not None:
+                    raise ChunkCut()
+                receiver.verify()
+                if start.length is not None and receiver.offset == start.length:
+                    return await self._complete(upload, image, receiver, token)
+            except (UnsupportedMediaType, PayloadTooLarge) as exc:
+                if isinstance(exc, ChunkTooLong):
+                    raise
+                raise Refused(exc) from None  # the bytes are not an image we take
+            return await self._commit(upload, image, receiver, token)
+        except Refused as refused:
+            await self.cleanup.shielded(self._refuse(upload_id, token, receiver, heartbeat, lease))
+            raise refused.error from None
+        except (ObjectMissing, PartsMismatch):
+            # The store no longer holds this upload's parts (aborted behind our back, a
+            # store that lost them): it cannot be finished. Say so, and clean up.
+            await self.cleanup.shielded(self._refuse(upload_id, token, receiver, heartbeat, lease))
+            raise UploadGone(
+                "the store lost this upload's parts; it was removed, start a new upload"
+            ) from None
+        except BaseException:
+            await self.cleanup.shielded(self._abandon(upload_id, token, receiver, heartbeat, lease))
+            raise
+        finally:
+            await _stop(heartbeat, lease)
+
+    def _chain(self, upload_id: str, offset: int) -> MeasuredUpload | None:
+        kept = self.chains.get(upload_id)
+        self.chains.discard(upload_id)  # back only once this PATCH is committed
+        if kept is not None and kept[0] == offset:
+            return kept[1]
+        return MeasuredUpload(self.limits) if offset == 0 else None
+
+    async def _claim(
+        self, owner: str, upload_id: str, offset: int, token: str
+    ) -> tuple[ResumableUpload, Image] | UploadState:
+        now = utcnow()
+        until = now + timedelta(seconds=self.lease_seconds)
+
+        async def work(tx: Tx) -> tuple[ResumableUpload, Image] | UploadState:
+            uploads = ResumableRepository(tx)
+            won = await uploads.claim(
+                owner, upload_id, offset=offset, token=token, now=now, until=until
+            )
+            upload = await uploads.get_for_owner(owner, upload_id)
+            if upload is None:
+                raise NotFound(f"no upload {upload_id}")
+            if not won:
+                raise self._why_not(upload, offset, now)
+            image = await ImageRepository(tx).pending(upload_id)
+            if image is None:  # cannot happen: both rows go together
+                raise NotFound(f"no upload {upload_id}")
+            return upload, image
+
+        try:
+            return await self.db.run(work)
+        except Finished as done:
+            return done.state
+
+    def _why_not(self, upload: ResumableUpload, offset: int, now: datetime) -> Exception:
+        if upload.state == ResumableState.DONE:
+            if offset == upload.upload_offset:
+                return Finished(state_of(upload))
+            return OffsetConflict(f"the upload is complete at offset {upload.upload_offset}")
+        if upload.expires_at <= now:
+            return UploadGone(f"upload {upload.id} expired; start a new one")
+        leased = upload.lease_expires_at is not None and upload.lease_expires_at >= now
+        if upload.lease_token is not None and leased:
+            return UploadLocked("another PATCH of this upload is in progress; retry shortly")
+        return OffsetConflict(
+            f"Upload-Offset {offset} is not the upload's offset {upload.upload_offset}; "
+            "HEAD it and resume from there"
+        )
+
+    def _start(
+        self, upload: ResumableUpload, image: Image, length: int | None, body: Body
+    ) -> Start:
+        known = upload.upload_length
+        if length is not None:
+            if known is not None and length != known:
+                raise BadRequest(f"Upload-Length is already {known}; it cannot change")
+            if length < upload.upload_offset:
+                raise BadRequest("Upload-Length is below the upload's offset")
+            if length > self.max_size:
+                raise ChunkTooLong(f"Upload-Length is over the limit of {self.max_size} bytes")
+            known = length
+        limit = known if known is not None else self.max_size
+        if body.declared is not None and upload.upload_offset + body.declared > limit:
+            raise ChunkTooLong(f"the chunk goes past the upload's length of {limit} bytes")
+        return Start(
+            image_id=upload.id,
+            storage_key=image.storage_key,
+            offset=upload.upload_offset,
+            length=known,
+            etags=etags_of(upload),
+            multipart_id=upload.multipart_id,
+            tail_key=upload.tail_key,
+            tail_size=upload.tail_size,
+            info=info_of(image),
+        )
+
+    async def _commit(
+        self, upload: ResumableUpload, image: Image, receiver: Receiver, token: str
+    ) -> UploadState:
+        content_type = receiver.info.format.content_type if receiver.info else ""
+        tail_key, tail_size = await receiver.park(content_type=content_type)
+        now = utcnow()
+        progress = Progress(
+            offset=receiver.offset,
+            length=receiver.start.length,
+            etags=receiver.etags,
+            tail_key=tail_key,
+            tail_size=tail_size,
+            expires_at=now + self.expiry,
+        )
+        newly_probed = receiver.info is not None and receiver.start.info is None
+
+        async def work(tx: Tx) -> bool:
+            if not await ResumableRepository(tx).commit(
+                upload.id, token=token, progress=progress, now=now
+            ):
+                return False
+            if newly_probed:
+                assert receiver.info is not None
+                await _set_header(tx, upload.id, receiver.info)
+            return True
+
+        if not await self.db.run(work):
+            raise UploadLocked("this PATCH lost its lease to another; HEAD and resume")
+        receiver.new_tail = None  # committed: it is the row's now
+        if receiver.chain is not None:
+            self.chains.put(upload.id, (progress.offset, receiver.chain))
+        if upload.tail_key and upload.tail_key != tail_key:
+            await self.cleanup.delete_quietly(upload.tail_key)
+        return UploadState(
+            id=upload.id,
+            offset=progress.offset,
+            length=progress.length,
+            metadata=upload.upload_metadata,
+            expires_at=progress.expires_at,
+            image_id=None,
+        )
+
+    async def _complete(
+        self, upload: ResumableUpload, image: Image, receiver: Receiver, token: str
+    ) -> UploadState:
+        """The last byte arrived: assemble the object, measure what the store holds (one
+        streamed read: size, sha256, type, pixels and frames of the stored bytes), then the
+        placeholder and pending -> ready, with the upload record marked done in the same
+        transaction."""
+        length = receiver.offset
+        info = receiver.finish_probe()
+        stored = await self.store.head(image.storage_key)
+        if stored is None or stored.size != length:
+            # (An object of the right size is the work of a completion that crashed before
+            # its commit: only completions write this key.)
+            await receiver.assemble(content_type=info.format.content_type)
+        measured = await self._measure(image.storage_key, receiver, length)
+        if measured.upload.size != length:
+            log.error("store lost or truncated upload %s", upload.id)
+            raise StorageUnavailable("the object store did not keep the upload; retry it")
+        image.content_type = measured.info.format.content_type
+        image.width, image.height = measured.info.width, measured.info.height
+        image.frames = measured.info.frames
+        now = utcnow()
+        expires_at = now + self.expiry
+
+        async def on_ready(tx: Tx, ready: Image) -> None:
+            await _set_header(tx, ready.id, measured.info)
+            if not await ResumableRepository(tx).finish(
+                upload.id, token=token, length=length, expires_at=expires_at, now=now
+            ):
+                raise UploadLocked("this PATCH lost its lease to another; HEAD and resume")
+
+        await self.ingest.make_ready(
+            image, measured.upload, measured.source, UploadHooks(on_ready=on_ready)
+        )
+        RESUMABLE_UPLOADS.labels("completed").inc()
+        UPLOADED_BYTES.inc(length)
+        for key in (upload.tail_key, receiver.new_tail):
+            if key:
+                await self.cleanup.delete_quietly(key)
+        receiver.new_tail = None
+        return UploadState(upload.id, length, length, upload.upload_metadata, None, upload.id)
+
+    async def _measure(self, key: str, receiver: Receiver, length: int) -> Measured:
+        """The facts of the stored object: from the chain when this process measured every
+        byte on its way in (then a HEAD checks the stored size, as for streamed uploads),
+        else from one streamed read of the object."""
+        chain = receiver.chain
+        if chain is None or chain.size != length:
+            return await measure_stored(self.store, key, self.limits)
+        info = chain.finish()
+        stored = await self.store.head(key)
+        if stored is None or stored.size != length:
+            raise StorageUnavailable("the object store did not keep the upload; retry it")
+        return Measured(chain, info, None)
+
+    async def _record_multipart(self, upload_id: str, token: str, multipart_id: str) -> None:
+        recorded = await self.db.run(
+            lambda tx: ResumableRepository(tx).set_multipart(
+                upload_id, token=token, multipart_id=multipart_id
+            )
+        )
+        if not recorded:
+            await self.store.abort_multipart(self.layout.original(upload_id), multipart_id)
+            raise UploadLocked("this PATCH lost its lease to another; HEAD and resume")
+
+    async def _heartbeat(self, upload_id: str, token: str, lease: Lease) -> None:
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            started = time.monotonic()
+            try:
+                kept = await self._refresh(upload_id, token)
+            except ServiceUnavailable:
+                continue  # not confirmed: Lease.check stops new parts in time
+            if not kept:
+                lease.lost = True
+                return
+            lease.confirmed = started
+
+    async def _refresh(self, upload_id: str, token: str) -> bool:
+        until = utcnow() + timedelta(seconds=self.lease_seconds)
+        return await self.db.run(
+            lambda tx: ResumableRepository(tx).refresh(upload_id, token=token, until=until)
+        )
+
+    # --- failures --------------------------------------------------------------------------------
+
+    async def _refuse(
+        self,
+        upload_id: str,
+        token: str,
+        receiver: Receiver | None,
+        heartbeat: asyncio.Task[None],
+        lease: Lease,
+    ) -> None:
+        """The bytes ended the upload: remove it and everything it stored."""
+        await _stop(heartbeat, lease)
+        if receiver is not None:
+            await receiver.cancel()
+        multipart_id = receiver.multipart_id if receiver else None
+        if await self.cleanup.refuse(upload_id, token, multipart_id):
+            RESUMABLE_UPLOADS.labels("refused").inc()
+
+    async def _abandon(
+        self,
+        upload_id: str,
+        token: str,
+        receiver: Receiver | None,
+        heartbeat: asyncio.Task[None],
+        lease: Lease,
+    ) -> None:
+        """Any other failure: nothing of this PATCH counts; the upload stays as committed
+        and the client may resume at once (the lease is given back)."""
+        await _stop(heartbeat, lease)
+        if receiver is not None:
+            await receiver.cancel()
+        await self.cleanup.release(upload_id, token, receiver.new_tail if receiver else None)
+
+    async def drain(self, within: float) -> None:
+        await self.cleanup.drain(within)
+
+
+async def _set_header(tx: Tx, image_id: str, info: ImageInfo) -> None:
+    await ImageRepository(tx).set_header(
+        image_id,
+        content_type=info.format.content_type,
+        width=info.width,
+        height=info.height,
+        frames=info.frames,
+    )
+
+
+async def _stop(heartbeat: asyncio.Task[None], lease: Lease) -> None:
+    heartbeat.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await heartbeat
