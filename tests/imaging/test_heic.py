@@ -29,7 +29,8 @@ from PIL import Image
 
 from imagesvc.app import create_app
 from imagesvc.config import Settings
-from imagesvc.imaging.probe import MAX_ITEMS, NotAnImage, StreamProbe
+from imagesvc.imaging.isobmff import MAX_ITEMS
+from imagesvc.imaging.probe import NotAnImage, StreamProbe
 from tests.api import follow, post_raw
 from tests.samples import encode
 from tests.services import BIN, create_key, start_imagesvc

@@ -1,4 +1,5 @@
-"""S3 adapter over aioboto3: the only module that imports aioboto3/botocore.
+"""S3 adapter over aioboto3 (with s3_writer.py and s3_calls.py, the only modules that import
+aioboto3/botocore).
 
 One client per process, opened and closed by the app lifespan. Every call is SigV4-signed, has
 connect/read timeouts and botocore's "standard" retries (exponential backoff on throttling,
@@ -9,34 +10,34 @@ a fresh key). Failures are translated here into the port's `StorageUnavailable` 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import aioboto3
-import aiohttp
 from aiobotocore.config import AioConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from imagesvc.cache import FOREVER, TtlCache
-from imagesvc.storage.bodies import ChunksBody, PipeBody
 from imagesvc.storage.port import (
     ByteRange,
     ObjectInfo,
     ObjectMissing,
     ObjectStream,
-    PartsMismatch,
     SignedRequest,
     SignedUrl,
     StorageUnavailable,
     UploadInfo,
 )
+from imagesvc.storage.s3_calls import TRANSPORT_ERRORS as _TRANSPORT_ERRORS
+from imagesvc.storage.s3_calls import call as _call
+from imagesvc.storage.s3_calls import error_code as _error_code
+from imagesvc.storage.s3_writer import S3Writer
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -44,11 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 READ_CHUNK = 256 * 1024
-_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
-# CompleteMultipartUpload naming a part the store does not hold as named.
-_PARTS_CODES = frozenset({"InvalidPart", "InvalidPartOrder"})
 # DeleteObjects takes at most 1000 keys per call.
 _DELETE_BATCH = 1000
 _SIGNED_CACHE_MAX = 50_000
@@ -68,32 +65,6 @@ class S3Options:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_pool_connections: int = 64
-
-
-# A store that stops answering or cuts a body short: botocore's own errors, socket errors,
-# and aiohttp's (a response body cut short raises ClientPayloadError, not an OSError).
-_TRANSPORT_ERRORS = (TimeoutError, BotoCoreError, OSError, aiohttp.ClientError)
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-async def _call(what: str, op: Awaitable[T]) -> T:
-    """Await one S3 call, translating store failures into the port's exceptions."""
-    try:
-        return await op
-    except ClientError as exc:
-        code = _error_code(exc)
-        if code in _MISSING_CODES:
-            raise ObjectMissing(what) from None
-        if code in _PARTS_CODES:
-            raise PartsMismatch(what) from None
-        log.warning("s3 %s failed: %s", what, code or "unknown error")
-        raise StorageUnavailable() from None
-    except _TRANSPORT_ERRORS as exc:
-        log.warning("s3 %s failed: %s", what, type(exc).__name__)
-        raise StorageUnavailable() from None
 
 
 class S3ObjectStore:
@@ -401,210 +372,3 @@ class S3ObjectStore:
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self.abort_upload(UploadInfo(key=key, upload_id=upload_id, initiated=_EPOCH))
-
-
-class S3Writer:
-    """Streams one object to S3. Three ways, by what is known of its length:
-
-    - declared (`size`) and within one part: one PutObject whose body is pulled from the
-      upload as it arrives (PipeBody); nothing is buffered, and the request is not retried
-      once its body started (it cannot be rewound);
-    - otherwise, a body that fits in one part: buffered, then one PutObject;
-    - larger: a multipart upload, one part filling while at most `concurrency` parts are in
-      flight (memory: at most concurrency + 1 parts per upload).
-
-    Buffered parts stay the chunks they arrived in (ChunksBody): never joined, never
-    copied on their way to the socket.
-    """
-
-    def __init__(
-        self,
-        client: S3Client,
-        bucket: str,
-        key: str,
-        content_type: str,
-        part_size: int,
-        *,
-        concurrency: int = 2,
-        size: int | None = None,
-        stream_client: S3Client | None = None,
-    ) -> None:
-        self._concurrency = concurrency
-        self._client = client
-        self._bucket = bucket
-        self._key = key
-        self._content_type = content_type
-        self._part_size = part_size
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self._upload_id: str | None = None
-        self._parts: list[CompletedPartTypeDef] = []
-        self._in_flight: list[asyncio.Task[None]] = []
-        self._creating: asyncio.Future[None] | None = None
-        self._finished = False
-        self._stream_client = stream_client
-        self._pipe: PipeBody | None = None
-        self._put: asyncio.Task[None] | None = None
-        if size is not None and 0 < size <= part_size and stream_client is not None:
-            self._pipe = PipeBody(size)
-
-    async def write(self, data: bytes) -> None:
-        if self._pipe is not None:
-            await self._write_streamed(self._pipe, data)
-            return
-        while self._pending_size + len(data) >= self._part_size:
-            # Complete the part with the head of this chunk; the tail starts the next one.
-            cut = self._part_size - self._pending_size
-            self._pending.append(data[:cut])
-            data = data[cut:]
-            await self._send_part(self._take_pending())
-        if data:
-            self._pending.append(data)
-            self._pending_size += len(data)
-
-    def _take_pending(self) -> ChunksBody:
-        body = ChunksBody(self._pending)
-        self._pending, self._pending_size = [], 0
-        return body
-
-    # --- one PutObject, streamed ----------------------------------------------------------
-
-    async def _write_streamed(self, pipe: PipeBody, data: bytes) -> None:
-        if not pipe.room_for(len(data)):
-            raise ValueError("more bytes than the size this write was opened with")
-        if self._put is None:
-            self._put = asyncio.create_task(self._put_streamed(pipe))
-        elif self._put.done():
-            await self._put  # raises StorageUnavailable if it failed
-            raise StorageUnavailable()
-        if pipe.offer(data):
-            return
-        handoff = asyncio.ensure_future(pipe.put(data))
-        # Never wait on a request that already ended: its failure surfaces here.
-        await asyncio.wait((handoff, self._put), return_when=asyncio.FIRST_COMPLETED)
-        if not handoff.done():
-            handoff.cancel()
-            await self._put  # raises StorageUnavailable if it failed
-            raise StorageUnavailable()  # it ended without taking every byte
-
-    async def _put_streamed(self, pipe: PipeBody) -> None:
-        assert self._stream_client is not None
-        await _call(
-            "put_object",
-            self._stream_client.put_object(
-                Bucket=self._bucket,
-                Key=self._key,
-                Body=pipe,  # type: ignore[arg-type]  # an async iterable of known length
-                ContentLength=pipe.size,
-                ContentType=self._content_type,
-            ),
-        )
-
-    # --- multipart ----------------------------------------------------------------------
-
-    async def _send_part(self, part: ChunksBody) -> None:
-        if self._upload_id is None:
-            # A task, and shielded: if we are cancelled half way, S3 may still open the
-            # upload; the task records its id anyway, and abort() waits for it.
-            self._creating = asyncio.ensure_future(self._create_upload())
-            await asyncio.shield(self._creating)
-        while len(self._in_flight) >= self._concurrency:
-            # The oldest part first: its failure surfaces here, before more are sent.
-            await self._in_flight.pop(0)
-        number = len(self._parts) + 1
-        self._parts.append({"PartNumber": number})
-        self._in_flight.append(asyncio.create_task(self._upload_part(number, part)))
-
-    async def _create_upload(self) -> None:
-        created = await _call(
-            "create_multipart_upload",
-            self._client.create_multipart_upload(
-                Bucket=self._bucket, Key=self._key, ContentType=self._content_type
-            ),
-        )
-        self._upload_id = created["UploadId"]
-
-    async def _upload_part(self, number: int, part: ChunksBody) -> None:
-        assert self._upload_id is not None
-        response = await _call(
-            "upload_part",
-            self._client.upload_part(
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=part,  # type: ignore[arg-type]  # file-like and async iterable
-            ),
-        )
-        self._parts[number - 1]["ETag"] = response["ETag"]
-
-    async def _wait_in_flight(self) -> None:
-        while self._in_flight:
-            await self._in_flight.pop(0)
-
-    async def complete(self) -> int | None:
-        confirmed: int | None = None
-        if self._pipe is not None:
-            if self._pipe.accepted != self._pipe.size:
-                raise ValueError("fewer bytes than the size this write was opened with")
-            if self._put is None:
-                self._put = asyncio.create_task(self._put_streamed(self._pipe))
-            await self._put
-            confirmed = self._pipe.size  # PutObject stores exactly Content-Length bytes
-        elif self._upload_id is None:
-            body = self._take_pending()
-            confirmed = len(body)  # PutObject stores exactly Content-Length bytes, or fails
-            await _call(
-                "put_object",
-                self._client.put_object(
-                    Bucket=self._bucket,
-                    Key=self._key,
-                    Body=body,  # type: ignore[arg-type]  # file-like and async iterable
-                    ContentType=self._content_type,
-                ),
-            )
-        else:
-            if self._pending:
-                await self._send_part(self._take_pending())
-            await self._wait_in_flight()
-            await _call(
-                "complete_multipart_upload",
-                self._client.complete_multipart_upload(
-                    Bucket=self._bucket,
-                    Key=self._key,
-                    UploadId=self._upload_id,
-                    MultipartUpload={"Parts": self._parts},
-                ),
-            )
-        self._finished = True
-        return confirmed
-
-    async def abort(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        self._pending, self._pending_size = [], 0
-        tasks, self._in_flight = self._in_flight, []
-        if self._put is not None:
-            # Cancelling the request closes its connection before the declared length was
-            # sent: the store keeps nothing of it.
-            tasks.append(self._put)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._creating is not None:
-            await asyncio.gather(self._creating, return_exceptions=True)
-        if self._upload_id is not None:
-            await _best_effort(
-                lambda: self._client.abort_multipart_upload(
-                    Bucket=self._bucket, Key=self._key, UploadId=self._upload_id or ""
-                )
-            )
-
-
-async def _best_effort(call: Callable[[], Awaitable[object]]) -> None:
-    """Run a clean-up call; failures are logged, never raised (gc finishes the job)."""
-    try:
-        await call()
-    except (ClientError, *_TRANSPORT_ERRORS) as exc:
-        log.warning("s3 clean-up call failed, gc will retry: %s", type(exc).__name__)

@@ -17,10 +17,8 @@ from) or objects that no row names (which gc removes).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
-import time
 from datetime import datetime, timedelta
 
 from imagesvc.cache import TtlCache
@@ -29,7 +27,6 @@ from imagesvc.errors import (
     BadRequest,
     NotFound,
     PayloadTooLarge,
-    ServiceUnavailable,
     UnsupportedMediaType,
 )
 from imagesvc.ids import new_image_id
@@ -54,6 +51,7 @@ from imagesvc.storage.port import (
 from imagesvc.uploads.ingest import Ingest, MeasuredUpload, UploadHooks, UploadLimits
 from imagesvc.uploads.stored import Measured, measure_stored
 from imagesvc.uploads.tus.cleanup import Cleanup
+from imagesvc.uploads.tus.lease import keep_lease, stop_keeping
 from imagesvc.uploads.tus.protocol import (
     Checksum,
     ChunkTooLong,
@@ -212,7 +210,9 @@ class ResumableService:
             return claimed  # a PATCH of a finished upload at its end: nothing to do
         upload, image = claimed
         lease = Lease(self.lease_seconds)
-        heartbeat = asyncio.create_task(self._heartbeat(upload_id, token, lease))
+        heartbeat = asyncio.create_task(
+            keep_lease(self.db, upload_id, token, lease, lease_seconds=self.lease_seconds)
+        )
         receiver: Receiver | None = None
         try:
             start = self._start(upload, image, length, body)
@@ -254,7 +254,7 @@ class ResumableService:
             await self.cleanup.shielded(self._abandon(upload_id, token, receiver, heartbeat, lease))
             raise
         finally:
-            await _stop(heartbeat, lease)
+            await stop_keeping(heartbeat)
 
     def _chain(self, upload_id: str, offset: int) -> MeasuredUpload | None:
         kept = self.chains.get(upload_id)
@@ -438,26 +438,6 @@ class ResumableService:
             await self.store.abort_multipart(self.layout.original(upload_id), multipart_id)
             raise UploadLocked("this PATCH lost its lease to another; HEAD and resume")
 
-    async def _heartbeat(self, upload_id: str, token: str, lease: Lease) -> None:
-        interval = self.lease_seconds / 3
-        while True:
-            await asyncio.sleep(interval)
-            started = time.monotonic()
-            try:
-                kept = await self._refresh(upload_id, token)
-            except ServiceUnavailable:
-                continue  # not confirmed: Lease.check stops new parts in time
-            if not kept:
-                lease.lost = True
-                return
-            lease.confirmed = started
-
-    async def _refresh(self, upload_id: str, token: str) -> bool:
-        until = utcnow() + timedelta(seconds=self.lease_seconds)
-        return await self.db.run(
-            lambda tx: ResumableRepository(tx).refresh(upload_id, token=token, until=until)
-        )
-
     # --- failures --------------------------------------------------------------------------------
 
     async def _refuse(
@@ -469,7 +449,7 @@ class ResumableService:
         lease: Lease,
     ) -> None:
         """The bytes ended the upload: remove it and everything it stored."""
-        await _stop(heartbeat, lease)
+        await stop_keeping(heartbeat)
         if receiver is not None:
             await receiver.cancel()
         multipart_id = receiver.multipart_id if receiver else None
@@ -486,7 +466,7 @@ class ResumableService:
     ) -> None:
         """Any other failure: nothing of this PATCH counts; the upload stays as committed
         and the client may resume at once (the lease is given back)."""
-        await _stop(heartbeat, lease)
+        await stop_keeping(heartbeat)
         if receiver is not None:
             await receiver.cancel()
         await self.cleanup.release(upload_id, token, receiver.new_tail if receiver else None)
@@ -503,9 +483,3 @@ async def _set_header(tx: Tx, image_id: str, info: ImageInfo) -> None:
         height=info.height,
         frames=info.frames,
     )
-
-
-async def _stop(heartbeat: asyncio.Task[None], lease: Lease) -> None:
-    heartbeat.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await heartbeat
