@@ -100,7 +100,7 @@ async def put_direct(
     app itself when the URL is the service's own (local backend)."""
     sent = {k: v for k, v in upload["headers"].items() if k not in drop} | (headers or {})
     url = httpx.URL(upload["url"])
-    if url.host == anonymous.base_url.host:
+    if not url.is_absolute_url or url.host == anonymous.base_url.host:
         return await anonymous.put(url, content=data, headers=sent)
     async with httpx.AsyncClient() as outside:
         return await outside.put(url, content=data, headers=sent)

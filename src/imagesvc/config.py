@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     serve_mode: Literal["redirect", "proxy"] = "redirect"
     signed_url_ttl: int = Field(default=300, ge=1, le=7 * 24 * 3600)
     public_base_url: str | None = None
+    # This API's own public URL (https://images.example.com), for the one absolute URL the
+    # service hands out about itself: the local backend's direct-upload URL. Unset: that URL
+    # is relative (`/v1/direct-uploads/...`). Never taken from request headers (Host).
+    public_api_url: str | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
     gc_grace_seconds: int = Field(default=3600, ge=0)
@@ -144,7 +148,7 @@ class Settings(BaseSettings):
             value += "/"
         return value
 
-    @field_validator("s3_endpoint_url", "public_base_url")
+    @field_validator("s3_endpoint_url", "public_base_url", "public_api_url")
     @classmethod
     def _check_http_url(cls, value: str | None) -> str | None:
         if value is None or value == "":

@@ -166,6 +166,7 @@ class Runtime:
             layout=layout,
             limits=self.uploads.limits,
             ttl=settings.direct_upload_ttl,
+            public_api_url=settings.public_api_url,
         )
         self.resumable = ResumableService(
             db,

@@ -58,8 +58,9 @@ async def test_a_client_gone_mid_body_leaves_nothing_and_a_second_put_waits(
         )
         assert created.status_code == 201
         image_id, upload = created.json()["id"], created.json()["upload"]
-        target = httpx.URL(upload["url"])
-        assert f"{target.scheme}://{target.host}:{target.port}" == url
+        # Relative (IMAGESVC_PUBLIC_API_URL unset): resolved against the API, as a client does.
+        assert upload["url"].startswith("/v1/direct-uploads/")
+        target = httpx.URL(url).join(upload["url"])
 
         # Half the body, then silence: the PUT holds the upload's lease meanwhile.
         sock = socket.create_connection((target.host, target.port or 80))
@@ -104,7 +105,7 @@ async def test_the_local_upload_url_refuses_what_it_was_not_made_for(
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as api:
         created = await api.post("/v1/images/direct", json={"byte_size": len(data)})
         upload = created.json()["upload"]
-    target = httpx.URL(upload["url"])
+    target = httpx.URL(url).join(upload["url"])
     forged = target.copy_with(path=target.path[:-4] + "AAAA")
     other_id = target.path.replace(created.json()["id"], "img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S")
     async with httpx.AsyncClient(timeout=30) as outside:

@@ -163,3 +163,21 @@ def test_no_route_answers_with_the_forged_host(
         for variant in {path, path.rstrip("/") + "/"}:
             for headers in ("", f"Authorization: {auth}\r\n"):
                 assert_untouched(raw_request(url, f"GET {variant}", headers), store)
+
+
+def test_a_direct_upload_url_is_never_built_from_the_host(
+    server: tuple[str, str], rclone: tuple[Process, str]
+) -> None:
+    """The URL a direct upload answers comes from configuration (the store's endpoint, or
+    IMAGESVC_PUBLIC_API_URL), never from `Host`: a forged one would receive the bytes."""
+    url, auth = server
+    body = json.dumps({"byte_size": 10, "content_type": "image/jpeg"}).encode()
+    raw = raw_request(
+        url,
+        "POST /v1/images/direct",
+        f"Authorization: {auth}\r\nContent-Type: application/json\r\n",
+        body,
+    )
+    status, _, answer = assert_untouched(raw, rclone[1])
+    assert status == 201, answer
+    assert json.loads(answer)["upload"]["url"].startswith(rclone[1] + "/")

@@ -170,7 +170,8 @@ def test_generated_python_client_round_trip(live: tuple[str, str, Process], tmp_
             assert isinstance(early, models.Problem)
             assert early.code == "upload_incomplete"
             headers = started.upload.headers.additional_properties
-            put = httpx.put(started.upload.url, content=data, headers=headers)
+            target = httpx.URL(url).join(started.upload.url)  # relative on the local backend
+            put = httpx.put(target, content=data, headers=headers)
             assert put.status_code == 200, put.text
             done = complete_direct.sync(started.id, client=client)
             assert isinstance(done, models.ImageOut)

@@ -269,6 +269,14 @@ class ImageRepository:
         )
         return result.scalar_one_or_none()
 
+    async def set_direct_token(self, image_id: str, token_sha256: str) -> None:
+        """A replayed create hands out a new local URL: only its token opens the PUT now."""
+        await self.session.execute(
+            update(Image)
+            .where(Image.id == image_id, Image.status == ImageStatus.PENDING)
+            .values(upload_token_sha256=token_sha256)
+        )
+
     async def take_direct_lease(
         self, image_id: str, *, now: datetime, free_before: datetime
     ) -> bool:

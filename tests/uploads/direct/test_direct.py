@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from imagesvc.config import Settings
 from tests.api import complete, fetch_content, put_direct, start_direct
-from tests.conftest import TEST_MAX_UPLOAD, Inspector, client_for
+from tests.conftest import TEST_MAX_UPLOAD, Inspector, client_for, running_app
 from tests.samples import HTML, PDF, encode, jpeg
 
 
@@ -66,7 +66,8 @@ async def test_round_trip(
     if settings.storage_backend == "s3":
         assert "X-Amz-SignedHeaders=content-length%3Bcontent-type%3Bhost" in upload["url"]
     else:
-        assert upload["url"].startswith("http://imagesvc.test/v1/direct-uploads/")
+        # Relative: never built from the request's Host (IMAGESVC_PUBLIC_API_URL unset).
+        assert upload["url"].startswith("/v1/direct-uploads/")
 
     # Until completed: not listed, not readable, not servable.
     assert (await client.get(f"/v1/images/{image_id}")).status_code == 404
@@ -324,7 +325,12 @@ async def test_idempotency_key_replays_the_same_id_and_upload(
     again = await client.post("/v1/images/direct", json=body, headers=key)
     assert again.status_code == 201
     assert again.headers["idempotent-replayed"] == "true"
-    assert again.json() == first.json()
+    # The same upload, with a freshly signed URL: a URL is a credential, so none is kept in
+    # the database to replay.
+    replayed, original = again.json(), first.json()
+    assert replayed["id"] == original["id"]
+    assert replayed["upload"]["expires_at"] == original["upload"]["expires_at"]
+    assert replayed["upload"]["headers"] == original["upload"]["headers"]
     assert await inspector.rows(owner) == 1
     other = await client.post("/v1/images/direct", json=body | {"filename": "b.jpg"}, headers=key)
     assert_problem(other, 409, "idempotency_key_reused")
@@ -377,3 +383,24 @@ async def test_rewriting_the_upload_after_complete_changes_nothing(
     assert {k for k in report.orphan_objects if image_id in k} == landing
     assert keys_of(inspector, image_id) == {row.storage_key}
     assert inspector.read(row.storage_key) == data
+
+
+async def test_the_local_upload_url_is_absolute_only_from_configuration(
+    settings: Settings,
+) -> None:
+    """The local backend's URL points at the service itself: from IMAGESVC_PUBLIC_API_URL
+    when set, never from the request's Host (a forged one would send the token there)."""
+    if settings.storage_backend != "local":
+        pytest.skip("S3 answers presigned URLs of the store")
+    configured = settings.model_copy(update={"public_api_url": "https://images.example.com"})
+    async for app in running_app(configured):
+        async with client_for(app, "direct-public-url") as api:
+            created = await api.post(
+                "/v1/images/direct",
+                json={"byte_size": 10, "content_type": "image/jpeg"},
+                headers={"Host": "evil.example"},
+            )
+            assert created.status_code == 201, created.text
+            url = created.json()["upload"]["url"]
+            assert url.startswith("https://images.example.com/v1/direct-uploads/")
+            assert "evil" not in created.text

@@ -77,9 +77,7 @@ async def create_direct_upload(
         visibility=body.visibility or Visibility.PRIVATE,
         sha256=body.sha256.lower() if body.sha256 else None,
     )
-    created = await service.create(
-        direct, service_url=str(request.base_url), idempotency_key=idempotency_key
-    )
+    created = await service.create(direct, idempotency_key=idempotency_key)
     if created.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return DirectUploadOut.of(created.upload)

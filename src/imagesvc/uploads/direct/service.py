@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
@@ -129,12 +130,10 @@ class DirectUpload:
     expires_at: datetime
 
     def snapshot(self) -> str:
-        return json.dumps(asdict(self) | {"expires_at": self.expires_at.isoformat()})
-
-    @classmethod
-    def restore(cls, snapshot: str) -> DirectUpload:
-        data = json.loads(snapshot)
-        return cls(**data | {"expires_at": datetime.fromisoformat(data["expires_at"])})
+        """What an Idempotency-Key replay needs, without the URL: a URL is a credential (a
+        presigned PUT, or the local token), and a leaked database must reveal none. A
+        replay signs a fresh one for the same upload."""
+        return json.dumps({"image_id": self.image_id, "expires_at": self.expires_at.isoformat()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +157,9 @@ class DirectUploads:
         layout: KeyLayout,
         limits: UploadLimits,
         ttl: int,
+        public_api_url: str | None = None,
     ) -> None:
+        self.public_api_url = public_api_url
         self.db = db
         self.store = store
         self.ingest = ingest
@@ -171,49 +172,62 @@ class DirectUploads:
     # --- create --------------------------------------------------------------------------
 
     async def create(
-        self, request: DirectRequest, *, service_url: str, idempotency_key: str | None = None
+        self, request: DirectRequest, *, idempotency_key: str | None = None
     ) -> Created:
-        """`service_url`: this service as the client reached it (the local backend's URL
-        points back at it)."""
         if request.byte_size > self.limits.max_upload_bytes:
             raise PayloadTooLarge(
                 f"byte_size is over the limit of {self.limits.max_upload_bytes} bytes"
             )
         if idempotency_key is None:
-            return Created(await self._create(request, service_url, None), replayed=False)
+            return Created(await self._create(request, None), replayed=False)
         claim, existing = await self.idempotency.claim(request.owner, idempotency_key)
         if existing is not None:
-            stored = IdempotentUploads.replay(existing, request.fingerprint())
-            return Created(DirectUpload.restore(stored), replayed=True)
+            stored = json.loads(IdempotentUploads.replay(existing, request.fingerprint()))
+            expires_at = datetime.fromisoformat(stored["expires_at"])
+            return Created(
+                await self._reissue(request, stored["image_id"], expires_at), replayed=True
+            )
         try:
-            return Created(await self._create(request, service_url, claim), replayed=False)
+            return Created(await self._create(request, claim), replayed=False)
         except BaseException:
             await asyncio.shield(self.idempotency.release(claim))
             raise
 
-    async def _create(
-        self, request: DirectRequest, service_url: str, claim: Claim | None
-    ) -> DirectUpload:
-        image_id, created_at = new_image_id()
-        expires_at = created_at + timedelta(seconds=self.ttl)
-        landing = self.layout.direct_upload(image_id)
+    async def _signed(
+        self, request: DirectRequest, image_id: str, ttl: int
+    ) -> tuple[str, dict[str, str], str | None]:
+        """Where to PUT the bytes, with which headers, and (local backend) the sha256 of
+        the token to keep in the row."""
         signed = await self.store.signed_put(
-            landing,
+            self.layout.direct_upload(image_id),
             content_length=request.byte_size,
             content_type=request.content_type,
-            ttl=self.ttl,
+            ttl=ttl,
         )
-        token_hash = None
-        if signed is None:  # the local backend: the service takes the PUT itself
-            secret = secrets.token_urlsafe(32)
-            token_hash = _token_hash(secret)
-            url = f"{service_url.rstrip('/')}{TOKEN_ROUTE}{image_id}.{secret}"
-            headers = {
-                "Content-Type": request.content_type,
-                "Content-Length": str(request.byte_size),
-            }
-        else:
-            url, headers = signed.url, signed.headers
+        if signed is not None:
+            return signed.url, signed.headers, None
+        # The local backend: the service takes the PUT itself. Its URL is relative unless
+        # IMAGESVC_PUBLIC_API_URL says where the service is: never built from `Host`.
+        secret = secrets.token_urlsafe(32)
+        url = f"{self.public_api_url or ''}{TOKEN_ROUTE}{image_id}.{secret}"
+        headers = {"Content-Type": request.content_type, "Content-Length": str(request.byte_size)}
+        return url, headers, _token_hash(secret)
+
+    async def _reissue(
+        self, request: DirectRequest, image_id: str, expires_at: datetime
+    ) -> DirectUpload:
+        """An Idempotency-Key replay: the same upload, a fresh URL valid until the same
+        `expires_at` (a new local token replaces the old one)."""
+        ttl = max(1, math.ceil((expires_at - utcnow()).total_seconds()))
+        url, headers, token_hash = await self._signed(request, image_id, ttl)
+        if token_hash is not None:
+            await self.db.run(lambda tx: ImageRepository(tx).set_direct_token(image_id, token_hash))
+        return DirectUpload(image_id, url, headers, expires_at)
+
+    async def _create(self, request: DirectRequest, claim: Claim | None) -> DirectUpload:
+        image_id, created_at = new_image_id()
+        expires_at = created_at + timedelta(seconds=self.ttl)
+        url, headers, token_hash = await self._signed(request, image_id, self.ttl)
         upload = DirectUpload(image_id, url, headers, expires_at)
         image = Image(
             id=image_id,
