@@ -162,8 +162,12 @@ class UrlSigningKey(Base):
 
 class ResumableState(StrEnum):
     # receiving: bytes are arriving over tus PATCHes; the image row is `pending`.
+    # completing: every byte is stored (offset = length) and the parts are named; the
+    #   object is being assembled and measured. A failure here is finished by a retry (a
+    #   PATCH at the end, or a HEAD), never lost (docs/DESIGN.md "Resumable uploads").
     # done: the image is ready; the record stays (HEAD answers `Image-Id`) until it expires.
     RECEIVING = "receiving"
+    COMPLETING = "completing"
     DONE = "done"
 
 

@@ -257,7 +257,7 @@ class Reconciler:
             lambda tx: ResumableRepository(tx).expired(now=now, limit=limit)
         )
         for upload in expired:
-            unfinished = upload.state == ResumableState.RECEIVING
+            unfinished = upload.state != ResumableState.DONE
             if report.dry_run:
                 if unfinished:
                     report.expired_resumable_uploads.append(upload.id)
@@ -327,6 +327,6 @@ async def _drop_expired(tx: Tx, upload: ResumableUpload, now: datetime) -> bool:
     stale-row pass finishes its removal if this run stops half way)."""
     if not await ResumableRepository(tx).remove_expired(upload.id, now=now):
         return False
-    if upload.state == ResumableState.RECEIVING:
+    if upload.state != ResumableState.DONE:
         await ImageRepository(tx).claim_pending(upload.id, now=now)
     return True

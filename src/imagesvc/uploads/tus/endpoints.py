@@ -164,11 +164,18 @@ async def _patch(
     offset = protocol.parse_uint(headers.get("upload-offset"), "Upload-Offset")
     if offset is None:
         raise BadRequest("a PATCH needs Upload-Offset")
+    length = protocol.parse_uint(headers.get("upload-length"), "Upload-Length")
+    # Past Tus-Max-Size no upload can be at that offset or of that length; said here, before
+    # a number wider than any SQL integer reaches the database.
+    if offset > service.max_size:
+        raise protocol.OffsetConflict(f"Upload-Offset {offset} is past Tus-Max-Size")
+    if length is not None and length > service.max_size:
+        raise protocol.ChunkTooLong(f"Upload-Length is over the limit of {service.max_size} bytes")
     return await service.patch(
         owner=owner,
         upload_id=upload_id,
         offset=offset,
-        length=protocol.parse_uint(headers.get("upload-length"), "Upload-Length"),
+        length=length,
         checksum=protocol.parse_checksum(headers.get("upload-checksum")),
         body=_body(request),
     )
@@ -254,7 +261,10 @@ async def create_upload_slash(request: Request, service: ResumableDep, owner: Ow
     description=(
         "The offset to resume from (`Upload-Offset`), `Upload-Length` (or "
         "`Upload-Defer-Length: 1`), `Upload-Metadata` as sent, `Upload-Expires`; once "
-        "complete, `Image-Id`. Never cached."
+        "complete, `Image-Id`. Never cached. Of an upload whose every byte is stored but "
+        "whose completion failed (a 503 on its last PATCH), HEAD finishes the completion "
+        "and answers `Image-Id` (423 while another request is finishing it). 404 once the "
+        "image is deleted."
     ),
     openapi_extra={"parameters": [TUS_RESUMABLE]},
     responses={
@@ -269,7 +279,7 @@ async def create_upload_slash(request: Request, service: ResumableDep, owner: Ow
                 "Tus-Resumable": _RESUMABLE,
             },
         },
-        **_errors(404, 410, 412),
+        **_errors(404, 410, 412, 423, 503),
     },
 )
 async def head_upload(upload_id: ImageId, service: ResumableDep, owner: OwnerDep) -> Response:

@@ -181,8 +181,10 @@ class Receiver:
         await self.store.put_object(key, rest, content_type="application/octet-stream")
         return key, len(rest)
 
-    async def assemble(self, *, content_type: str) -> None:
-        """The last byte is here: write the whole object under its key."""
+    async def flush(self, *, content_type: str) -> None:
+        """The last byte is here: every byte goes to the store, as the last part of the
+        multipart upload, or as the whole object when no part was cut. (The service
+        assembles the parts once the row says `completing`.)"""
         rest = self._take(self._buffered)
         if self.multipart_id is None:
             self.lease.check()
@@ -191,8 +193,6 @@ class Receiver:
         if rest:
             await self._send_part(rest)  # the last part may be of any size
         await self.drain()
-        self.lease.check()
-        await self.store.complete_multipart(self.start.storage_key, self.multipart_id, self.etags)
 
     async def drain(self) -> None:
         if self._in_flight is not None:

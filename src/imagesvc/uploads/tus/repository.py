@@ -59,13 +59,14 @@ class ResumableRepository:
         self, owner: str, upload_id: str, *, offset: int, token: str, now: datetime, until: datetime
     ) -> bool:
         """Take the lease for one PATCH: only an unexpired, unfinished upload at exactly
-        `offset` whose lease is free. Of two PATCHes at once, one wins this UPDATE."""
+        `offset` whose lease is free (a `completing` one at its end, to finish it). Of two
+        PATCHes at once, one wins this UPDATE."""
         result = await self.session.execute(
             update(ResumableUpload)
             .where(
                 ResumableUpload.id == upload_id,
                 ResumableUpload.owner == owner,
-                ResumableUpload.state == ResumableState.RECEIVING,
+                ResumableUpload.state != ResumableState.DONE,
                 ResumableUpload.upload_offset == offset,
                 ResumableUpload.expires_at > now,
                 lease_free(now),
@@ -110,6 +111,25 @@ class ResumableRepository:
                 expires_at=progress.expires_at,
                 lease_token=None,
                 lease_expires_at=None,
+                updated_at=now,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def completing(
+        self, upload_id: str, *, token: str, progress: Progress, now: datetime
+    ) -> bool:
+        """receiving -> completing: every byte is stored and the parts are named; the lease
+        stays ours (the completion goes on). From here a failure is retried, not lost."""
+        result = await self.session.execute(
+            update(ResumableUpload)
+            .where(ResumableUpload.id == upload_id, ResumableUpload.lease_token == token)
+            .values(
+                state=ResumableState.COMPLETING,
+                upload_offset=progress.offset,
+                upload_length=progress.length,
+                parts=json.dumps(list(progress.etags)),
+                expires_at=progress.expires_at,
                 updated_at=now,
             )
         )
@@ -204,7 +224,7 @@ class ResumableRepository:
                 ResumableUpload.lease_expires_at,
             ).where(
                 ResumableUpload.id.in_(upload_ids),
-                ResumableUpload.state == ResumableState.RECEIVING,
+                ResumableUpload.state != ResumableState.DONE,
             )
         )
         return {

@@ -1,9 +1,11 @@
 """The tus upload state machine (SPEC §10; docs/DESIGN.md "Resumable uploads").
 
     POST     -> receiving (offset 0; a pending image row with the same id)
-    PATCH    -> receiving (offset advanced, parts and tail committed; expiry pushed back)
-             -> done      (last byte: object assembled, measured, image ready)
-             -> gone      (not an image / over the pixel limit: everything removed)
+    PATCH    -> receiving  (offset advanced, parts and tail committed; expiry pushed back)
+             -> completing (last byte: every byte stored, parts named; see completion.py)
+             -> done       (object assembled, measured, image ready)
+             -> gone       (not an image / over the pixel limit: everything removed)
+    HEAD, or PATCH at the end, of a `completing` upload -> done (a failed completion retried)
     DELETE   -> gone
     expiry   -> 410, then `imagesvc gc` removes parts, tail, multipart upload and rows
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 from imagesvc.cache import TtlCache
@@ -39,18 +42,16 @@ from imagesvc.images.models import (
     parse_visibility,
 )
 from imagesvc.images.repository import ImageRepository
-from imagesvc.imaging.probe import ImageInfo
-from imagesvc.observability.metrics import RESUMABLE_UPLOADS, UPLOADED_BYTES
+from imagesvc.observability.metrics import RESUMABLE_UPLOADS
 from imagesvc.storage.layout import KeyLayout
 from imagesvc.storage.port import (
     ObjectMissing,
     ObjectStore,
     PartsMismatch,
-    StorageUnavailable,
 )
-from imagesvc.uploads.ingest import Ingest, MeasuredUpload, UploadHooks, UploadLimits
-from imagesvc.uploads.stored import Measured, measure_stored
+from imagesvc.uploads.ingest import Ingest, MeasuredUpload, UploadLimits
 from imagesvc.uploads.tus.cleanup import Cleanup
+from imagesvc.uploads.tus.completion import Completion, set_header
 from imagesvc.uploads.tus.lease import keep_lease, stop_keeping
 from imagesvc.uploads.tus.protocol import (
     Checksum,
@@ -76,6 +77,16 @@ log = logging.getLogger(__name__)
 _CHAINS_MAX = 10_000
 
 
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b""  # (makes this an async generator that yields nothing)
+
+
+def _no_body() -> Body:
+    """What a HEAD hands a `completing` upload's PATCH: no bytes (it has them all)."""
+    return Body(_no_chunks(), 0, lambda: False)
+
+
 class ResumableService:
     def __init__(
         self,
@@ -97,6 +108,9 @@ class ResumableService:
         self.expiry = timedelta(seconds=expiry_seconds)
         self.lease_seconds = limits.lease_seconds
         self.cleanup = Cleanup(db, store, layout)
+        self.completion = Completion(
+            db, store, ingest, self.cleanup, limits=limits, expiry=lambda: self.expiry
+        )
         # Upload id -> (offset, the measurement of bytes 0..offset), for uploads whose every
         # byte so far passed through this process (the usual case: one client, one
         # connection). A chain broken by another process, a failed PATCH or eviction
@@ -161,13 +175,28 @@ class ResumableService:
         return state_of(upload)
 
     async def status(self, *, owner: str, upload_id: str) -> UploadState:
-        upload = await self.db.read(
-            lambda tx: ResumableRepository(tx).get_for_owner(owner, upload_id)
-        )
-        if upload is None:
-            raise NotFound(f"no upload {upload_id}")
-        if upload.state == ResumableState.RECEIVING and upload.expires_at <= utcnow():
+        """HEAD. Of a `completing` upload (a completion that failed half way) it finishes the
+        completion first, so the client that HEADs to resume sees the image, not an offset
+        at the end with nothing behind it."""
+
+        async def work(tx: Tx) -> ResumableUpload:
+            upload = await ResumableRepository(tx).get_for_owner(owner, upload_id)
+            if upload is None or await _image_gone(tx, upload):
+                raise NotFound(f"no upload {upload_id}")
+            return upload
+
+        upload = await self.db.read(work)
+        if upload.state != ResumableState.DONE and upload.expires_at <= utcnow():
             raise UploadGone(f"upload {upload_id} expired; start a new one")
+        if upload.state == ResumableState.COMPLETING:
+            return await self.patch(
+                owner=owner,
+                upload_id=upload_id,
+                offset=upload.upload_offset,
+                length=None,
+                checksum=None,
+                body=_no_body(),
+            )
         return state_of(upload)
 
     async def terminate(self, *, owner: str, upload_id: str) -> None:
@@ -215,6 +244,10 @@ class ResumableService:
         )
         receiver: Receiver | None = None
         try:
+            if upload.state == ResumableState.COMPLETING:
+                if body.declared:
+                    raise ChunkTooLong("the upload has all its bytes; it is being completed")
+                return await self.completion.finish(upload, image, token, lease, chain=None)
             start = self._start(upload, image, length, body)
             receiver = Receiver(
                 self.store,
@@ -234,24 +267,24 @@ class ResumableService:
                     raise ChunkCut()
                 receiver.verify()
                 if start.length is not None and receiver.offset == start.length:
-                    return await self._complete(upload, image, receiver, token)
+                    return await self.completion.complete(upload, image, receiver, token, lease)
             except (UnsupportedMediaType, PayloadTooLarge) as exc:
                 if isinstance(exc, ChunkTooLong):
                     raise
                 raise Refused(exc) from None  # the bytes are not an image we take
             return await self._commit(upload, image, receiver, token)
         except Refused as refused:
-            await self.cleanup.shielded(self._refuse(upload_id, token, receiver, heartbeat, lease))
+            await self.cleanup.shielded(self._refuse(upload, token, receiver, heartbeat))
             raise refused.error from None
         except (ObjectMissing, PartsMismatch):
             # The store no longer holds this upload's parts (aborted behind our back, a
             # store that lost them): it cannot be finished. Say so, and clean up.
-            await self.cleanup.shielded(self._refuse(upload_id, token, receiver, heartbeat, lease))
+            await self.cleanup.shielded(self._refuse(upload, token, receiver, heartbeat))
             raise UploadGone(
                 "the store lost this upload's parts; it was removed, start a new upload"
             ) from None
         except BaseException:
-            await self.cleanup.shielded(self._abandon(upload_id, token, receiver, heartbeat, lease))
+            await self.cleanup.shielded(self._abandon(upload_id, token, receiver, heartbeat))
             raise
         finally:
             await stop_keeping(heartbeat)
@@ -275,7 +308,7 @@ class ResumableService:
                 owner, upload_id, offset=offset, token=token, now=now, until=until
             )
             upload = await uploads.get_for_owner(owner, upload_id)
-            if upload is None:
+            if upload is None or await _image_gone(tx, upload):
                 raise NotFound(f"no upload {upload_id}")
             if not won:
                 raise self._why_not(upload, offset, now)
@@ -354,7 +387,7 @@ class ResumableService:
                 return False
             if newly_probed:
                 assert receiver.info is not None
-                await _set_header(tx, upload.id, receiver.info)
+                await set_header(tx, upload.id, receiver.info)
             return True
 
         if not await self.db.run(work):
@@ -373,61 +406,6 @@ class ResumableService:
             image_id=None,
         )
 
-    async def _complete(
-        self, upload: ResumableUpload, image: Image, receiver: Receiver, token: str
-    ) -> UploadState:
-        """The last byte arrived: assemble the object, measure what the store holds (one
-        streamed read: size, sha256, type, pixels and frames of the stored bytes), then the
-        placeholder and pending -> ready, with the upload record marked done in the same
-        transaction."""
-        length = receiver.offset
-        info = receiver.finish_probe()
-        stored = await self.store.head(image.storage_key)
-        if stored is None or stored.size != length:
-            # (An object of the right size is the work of a completion that crashed before
-            # its commit: only completions write this key.)
-            await receiver.assemble(content_type=info.format.content_type)
-        measured = await self._measure(image.storage_key, receiver, length)
-        if measured.upload.size != length:
-            log.error("store lost or truncated upload %s", upload.id)
-            raise StorageUnavailable("the object store did not keep the upload; retry it")
-        image.content_type = measured.info.format.content_type
-        image.width, image.height = measured.info.width, measured.info.height
-        image.frames = measured.info.frames
-        now = utcnow()
-        expires_at = now + self.expiry
-
-        async def on_ready(tx: Tx, ready: Image) -> None:
-            await _set_header(tx, ready.id, measured.info)
-            if not await ResumableRepository(tx).finish(
-                upload.id, token=token, length=length, expires_at=expires_at, now=now
-            ):
-                raise UploadLocked("this PATCH lost its lease to another; HEAD and resume")
-
-        await self.ingest.make_ready(
-            image, measured.upload, measured.source, UploadHooks(on_ready=on_ready)
-        )
-        RESUMABLE_UPLOADS.labels("completed").inc()
-        UPLOADED_BYTES.inc(length)
-        for key in (upload.tail_key, receiver.new_tail):
-            if key:
-                await self.cleanup.delete_quietly(key)
-        receiver.new_tail = None
-        return UploadState(upload.id, length, length, upload.upload_metadata, None, upload.id)
-
-    async def _measure(self, key: str, receiver: Receiver, length: int) -> Measured:
-        """The facts of the stored object: from the chain when this process measured every
-        byte on its way in (then a HEAD checks the stored size, as for streamed uploads),
-        else from one streamed read of the object."""
-        chain = receiver.chain
-        if chain is None or chain.size != length:
-            return await measure_stored(self.store, key, self.limits)
-        info = chain.finish()
-        stored = await self.store.head(key)
-        if stored is None or stored.size != length:
-            raise StorageUnavailable("the object store did not keep the upload; retry it")
-        return Measured(chain, info, None)
-
     async def _record_multipart(self, upload_id: str, token: str, multipart_id: str) -> None:
         recorded = await self.db.run(
             lambda tx: ResumableRepository(tx).set_multipart(
@@ -442,18 +420,18 @@ class ResumableService:
 
     async def _refuse(
         self,
-        upload_id: str,
+        upload: ResumableUpload,
         token: str,
         receiver: Receiver | None,
         heartbeat: asyncio.Task[None],
-        lease: Lease,
     ) -> None:
-        """The bytes ended the upload: remove it and everything it stored."""
+        """The bytes ended the upload (or the store lost its parts): remove it and
+        everything it stored."""
         await stop_keeping(heartbeat)
         if receiver is not None:
             await receiver.cancel()
-        multipart_id = receiver.multipart_id if receiver else None
-        if await self.cleanup.refuse(upload_id, token, multipart_id):
+        multipart_id = receiver.multipart_id if receiver else upload.multipart_id
+        if await self.cleanup.refuse(upload.id, token, multipart_id):
             RESUMABLE_UPLOADS.labels("refused").inc()
 
     async def _abandon(
@@ -462,7 +440,6 @@ class ResumableService:
         token: str,
         receiver: Receiver | None,
         heartbeat: asyncio.Task[None],
-        lease: Lease,
     ) -> None:
         """Any other failure: nothing of this PATCH counts; the upload stays as committed
         and the client may resume at once (the lease is given back)."""
@@ -475,11 +452,10 @@ class ResumableService:
         await self.cleanup.drain(within)
 
 
-async def _set_header(tx: Tx, image_id: str, info: ImageInfo) -> None:
-    await ImageRepository(tx).set_header(
-        image_id,
-        content_type=info.format.content_type,
-        width=info.width,
-        height=info.height,
-        frames=info.frames,
-    )
+async def _image_gone(tx: Tx, upload: ResumableUpload) -> bool:
+    """A finished upload whose image was deleted since: the upload is gone with it (404),
+    not a record that still points at an image that is no more."""
+    if upload.state != ResumableState.DONE:
+        return False
+    state = (await ImageRepository(tx).states([upload.id])).get(upload.id)
+    return state is None or state[0] != ImageStatus.READY
