@@ -270,15 +270,20 @@ def test_probe_counts_grid_images_once() -> None:
     assert probe(data) == ("image/heic", 1100, 700, 1)
 
 
-def test_probe_types_heif_without_hevc_brands_as_image_heif() -> None:
+def heif_without_hevc_brands() -> bytes:
     data = bytearray(photo_8bit())
     assert data[8:12] == b"heic"
     # ftyp: major brand, minor version, then the compatible brands: leave only mif1/miaf.
     data[8:12] = b"mif1"
     ftyp = int.from_bytes(data[:4], "big")
     data[16:ftyp] = b"".join(b if b != b"heic" else b"miaf" for b in _brands(data[16:ftyp]))
-    assert probe(bytes(data))[0] == "image/heif"
-    with Image.open(io.BytesIO(bytes(data))) as image:
+    return bytes(data)
+
+
+def test_probe_types_heif_without_hevc_brands_as_image_heif() -> None:
+    data = heif_without_hevc_brands()
+    assert probe(data)[0] == "image/heif"
+    with Image.open(io.BytesIO(data)) as image:
         assert image.size == (321, 241)
 
 
@@ -349,6 +354,27 @@ async def test_heic_upload_placeholder_and_variants(
         exif = picture.getexif()
         assert not exif.get_ifd(0x8825)  # no GPS
         assert 0x010F not in exif  # nor the camera
+
+
+async def test_a_nameless_heif_downloads_with_its_own_extension(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    from tests.conftest import serving
+    from tests.serving.test_downloads import parse_disposition
+
+    heic_image = await uploaded(client, photo_8bit())
+    heif_image = await uploaded(client, heif_without_hevc_brands())
+    assert heif_image["content_type"] == "image/heif"
+    with serving(app, redirect=False):
+        for image, extension in ((heic_image, "heic"), (heif_image, "heif")):
+            response = await client.get(f"/v1/images/{image['id']}/content?download=1")
+            assert response.status_code == 200
+            name = f"{image['id']}.{extension}"
+            assert parse_disposition(response.headers["content-disposition"]) == (
+                "attachment",
+                name,
+                name,
+            )
 
 
 async def test_orientation_is_applied_exactly_once(client: httpx.AsyncClient) -> None:

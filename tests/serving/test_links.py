@@ -187,6 +187,23 @@ async def test_minting_is_the_owners_and_validated(app: FastAPI, client: httpx.A
     assert longest.json()["expires_at"].endswith("Z")
 
 
+async def test_the_default_expiry_fits_a_short_max_ttl(settings: Settings) -> None:
+    """No `expires_in`: an hour, or IMAGESVC_LINK_MAX_TTL when that is shorter (never a 422
+    for a request that asked for nothing); an explicit one over the maximum is still 422."""
+    async with (
+        app_with(settings, link_max_ttl=600, link_window=60) as short,
+        client_for(short, f"short-{uuid.uuid4().hex[:8]}") as client,
+    ):
+        image = await upload(client, jpeg())
+        default = await client.post(f"/v1/images/{image['id']}/links", json={})
+        assert default.status_code == 200, default.text
+        exp = int(dict(parse_qsl(urlsplit(default.json()["url"]).query))["exp"])
+        assert time.time() + 500 < exp <= time.time() + 600 + 60
+        asked = await client.post(f"/v1/images/{image['id']}/links", json={"expires_in": 3600})
+        assert asked.status_code == 422
+        assert (await shown(short, default.json()["url"])).status_code == 200
+
+
 async def test_links_on_get_and_list_paint_a_gallery(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:

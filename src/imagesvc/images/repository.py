@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 
 from imagesvc.db import Database, Tx
-from imagesvc.images.models import Image, ImageStatus, ResumableUpload, Variant, Visibility
+from imagesvc.images.models import Image, ImageStatus, ResumableUpload, Variant
 
 _images: Table = Image.__table__  # type: ignore[assignment]
 # Built once: the content and variant paths run this on every request, and building and
@@ -62,16 +62,6 @@ class ImageRepository:
             select(Image).where(
                 Image.id == image_id, Image.owner == owner, Image.status == ImageStatus.READY
             )
-        )
-        return result.scalar_one_or_none()
-
-    async def get_viewable(self, image_id: str, viewer: str | None) -> Image | None:
-        """A ready image the viewer may fetch: their own, or anyone's public one."""
-        visible = Image.visibility == Visibility.PUBLIC
-        if viewer is not None:
-            visible = or_(visible, Image.owner == viewer)
-        result = await self.session.execute(
-            select(Image).where(Image.id == image_id, Image.status == ImageStatus.READY, visible)
         )
         return result.scalar_one_or_none()
 

@@ -13,17 +13,23 @@ class NotAnImage(Exception):
 class Format:
     name: str
     content_type: str
+    extension: str  # of file names the service makes up (downloads, variant keys)
 
 
-JPEG = Format("jpeg", "image/jpeg")
-PNG = Format("png", "image/png")
-GIF = Format("gif", "image/gif")
-WEBP = Format("webp", "image/webp")
-AVIF = Format("avif", "image/avif")
-HEIC = Format("heic", "image/heic")  # HEVC-coded HEIF: every iPhone photo
-HEIF = Format("heif", "image/heif")  # a HEIF that does not claim HEVC (`mif1` brands only)
+JPEG = Format("jpeg", "image/jpeg", "jpg")
+PNG = Format("png", "image/png", "png")
+GIF = Format("gif", "image/gif", "gif")
+WEBP = Format("webp", "image/webp", "webp")
+AVIF = Format("avif", "image/avif", "avif")
+HEIC = Format("heic", "image/heic", "heic")  # HEVC-coded HEIF: every iPhone photo
+HEIF = Format("heif", "image/heif", "heif")  # a HEIF not claiming HEVC (`mif1` brands only)
 
 FORMATS = (JPEG, PNG, GIF, WEBP, AVIF, HEIC, HEIF)
+_EXTENSIONS = {f.content_type: f.extension for f in FORMATS}
+
+
+def extension_for(content_type: str) -> str:
+    return _EXTENSIONS.get(content_type, "bin")
 
 
 @dataclass(frozen=True, slots=True)

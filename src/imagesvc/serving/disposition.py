@@ -14,6 +14,8 @@ import unicodedata
 from typing import Literal
 from urllib.parse import quote
 
+from imagesvc.imaging.formats import extension_for
+
 # Plain ASCII kept in the quoted fallback. Not `"`, `\\` (quoted-string escapes), `%` (some
 # browsers percent-decode the fallback), `;`, `/`, controls.
 _FALLBACK_SAFE = frozenset(
@@ -21,18 +23,6 @@ _FALLBACK_SAFE = frozenset(
 )
 # RFC 8187 attr-char beyond ALPHA / DIGIT (quote() keeps those and `_.-~` anyway).
 _ATTR_CHAR_EXTRA = "!#$&+^`|"
-_EXTENSIONS = {
-    "image/jpeg": "jpg",
-    "image/png": "png",
-    "image/gif": "gif",
-    "image/webp": "webp",
-    "image/avif": "avif",
-    "image/heic": "heic",
-}
-
-
-def extension_for(content_type: str) -> str:
-    return _EXTENSIONS.get(content_type, "bin")
 
 
 def download_name(filename: str | None, image_id: str, content_type: str) -> str:

@@ -115,7 +115,6 @@ async def create_image_link(
             format=body.format or "auto",
             download=body.download,
         )
-    link = await service.mint(
-        owner=owner, image_id=image_id, target=target, expires_in=body.expires_in
-    )
+    asked = body.expires_in if "expires_in" in body.model_fields_set else None
+    link = await service.mint(owner=owner, image_id=image_id, target=target, expires_in=asked)
     return LinkOut.at(link.url, link.expires_at)

@@ -204,12 +204,16 @@ class LinkService:
         self.policy.box(*box)
 
     async def mint(
-        self, *, owner: str, image_id: str, target: LinkTarget, expires_in: int
+        self, *, owner: str, image_id: str, target: LinkTarget, expires_in: int | None
     ) -> SignedLink:
+        """`expires_in` None: the default hour, or IMAGESVC_LINK_MAX_TTL when that is
+        shorter (a request that asks for nothing must not be refused for asking too much)."""
         await self.images.get(owner=owner, image_id=image_id)  # the owner's, or 404
         if target.box is not None:
             self.check_box(target.box)
         signer = await self.keys.signer()
+        if expires_in is None:
+            expires_in = min(DEFAULT_EXPIRES_IN, signer.max_ttl)
         expires_at = signer.expiry(expires_in)
         path, params = target.path_and_params(image_id)
         return SignedLink(signer.sign(path, {**params, "exp": str(expires_at)}), expires_at)

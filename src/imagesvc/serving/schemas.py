@@ -35,7 +35,8 @@ class LinkRequest(BaseModel):
     expires_in: int = Field(
         default=3600,
         ge=1,
-        description="Seconds the link works; at most `IMAGESVC_LINK_MAX_TTL` (7 days). The "
+        description="Seconds the link works; at most `IMAGESVC_LINK_MAX_TTL` (7 days). When "
+        "absent: 3600, or `IMAGESVC_LINK_MAX_TTL` if that is shorter. The "
         "expiry is rounded up to `IMAGESVC_LINK_WINDOW` (300 s), so asking again within a "
         "window gives the same URL.",
     )

@@ -23,8 +23,9 @@ from imagesvc.errors import NotFound, ProblemError, ServiceUnavailable
 from imagesvc.images.models import Image, Variant, VariantStatus, Visibility
 from imagesvc.images.service import ImageService
 from imagesvc.imaging import render as imaging
+from imagesvc.imaging.formats import extension_for
 from imagesvc.imaging.pool import RenderPool
-from imagesvc.imaging.render import Fit, OutputFormat, RenderError
+from imagesvc.imaging.render import CONTENT_TYPES, Fit, OutputFormat, RenderError
 from imagesvc.observability.metrics import RENDER_SECONDS, RENDERS
 from imagesvc.serving.content import (
     PLAIN,
@@ -44,12 +45,6 @@ from imagesvc.variants.repository import VariantKey, VariantRepository
 log = logging.getLogger(__name__)
 # How long a request waits for a render claimed by another process.
 WAIT_FOR_OTHERS = 30.0
-_EXTENSIONS = {
-    OutputFormat.JPEG: "jpg",
-    OutputFormat.PNG: "png",
-    OutputFormat.WEBP: "webp",
-    OutputFormat.AVIF: "avif",
-}
 
 
 class Unrenderable(ProblemError):
@@ -145,7 +140,7 @@ class VariantService:
             image.id,
             (key.box_width, key.box_height),
             key.fit,
-            _EXTENSIONS[OutputFormat(key.format)],
+            extension_for(CONTENT_TYPES[OutputFormat(key.format)]),
         )
         deadline = asyncio.get_running_loop().time() + WAIT_FOR_OTHERS
         delay = 0.05
