@@ -10,8 +10,8 @@ Passes, each bounded by `limit` items per run:
 2. Orphan objects under `<prefix>img/`: originals whose image has no row, variant objects
    that no variant row names, older than grace by the store's LastModified. Rows are
    always written before objects, so an object of a live upload or render has a row.
-3. Unfinished writes (S3 multipart uploads, local temp files) older than grace whose image
-   is not a live pending upload.
+3. Unfinished writes (S3 multipart uploads, local temp files) older than grace and than one
+   lease whose image is not a live pending upload.
 4. Idempotency keys past their 24 hours.
 5. Direct uploads past their TTL (`IMAGESVC_DIRECT_UPLOAD_TTL`) that no request is working
    on: claimed, then their objects and row go as in pass 1. Nothing heart-beats a direct
@@ -302,7 +302,11 @@ class Reconciler:
                 # the multipart upload it names, and any write while its PATCH runs.
                 live = record[2] or record[0] == upload.upload_id
             else:
-                live = bool(state and state[0] == ImageStatus.PENDING and state[1] >= row_cutoff)
+                # A write younger than a lease is in flight whatever the grace: a render or a
+                # copy of a ready image writes a temp file no row names while it runs.
+                live = upload.initiated >= row_cutoff or bool(
+                    state and state[0] == ImageStatus.PENDING and state[1] >= row_cutoff
+                )
             if live:
                 # A live upload: its lease is held. (Some stores report bogus Initiated
                 # times, e.g. moto's fixed 2010 date, so the row decides, not the store.)
