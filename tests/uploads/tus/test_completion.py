@@ -162,3 +162,17 @@ async def test_huge_offsets_and_lengths_are_refused_before_the_database(
     assert length.status_code == length_status, length.text
     assert (await head(client, url)).headers["upload-offset"] == "0"
     assert (await patch(client, url, 0, data)).status_code == 204
+
+
+async def test_a_completing_upload_can_be_terminated_leaving_nothing(
+    client: httpx.AsyncClient, app: FastAPI, inspector: Inspector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = image_of(TEST_PART_SIZE + MIB + 11)
+    url, offset = await upload_all_but_the_last_chunk(client, data)
+    fail_once(
+        monkeypatch, app.state.runtime.resumable.ingest, "make_ready", ServiceUnavailable("down")
+    )
+    assert (await patch(client, url, offset, data[offset:])).status_code == 503
+    assert (await client.delete(url, headers=TUS)).status_code == 204
+    assert (await head(client, url)).status_code == 404
+    await assert_nothing_left(app, inspector, id_of(url))
