@@ -74,9 +74,9 @@ class S3ObjectStore:
         self._stack = AsyncExitStack()
         self._client: S3Client | None = None
         # Sends the streamed PutObjects and UploadParts (storage/bodies.py PipeBody,
-        # storage/s3_stream.py) with UNSIGNED-PAYLOAD:
-        # SigV4 otherwise hashes the whole body before the first byte is sent, which a body
-        # still arriving from the client cannot offer. Everything else goes through
+        # storage/s3_stream.py) with UNSIGNED-PAYLOAD: SigV4 otherwise hashes the whole
+        # body before the first byte is sent, which a body still arriving from the client
+        # cannot offer. Everything else goes through
         # `client`, payload signed as before.
         self._stream_client: S3Client | None = None
         # (key, ttl, disposition) -> (the URL, when it was signed); kept for the first
@@ -361,7 +361,9 @@ class S3ObjectStore:
     async def open_part(self, key: str, upload_id: str, number: int, size: int) -> S3PartWriter:
         if self._stream_client is None:
             raise RuntimeError("S3ObjectStore.start() was not awaited")
-        return S3PartWriter(self._stream_client, self.bucket, key, upload_id, number, size)
+        return S3PartWriter(
+            self.client, self._stream_client, self.bucket, key, upload_id, number, size
+        )
 
     async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
         parts: list[CompletedPartTypeDef] = [

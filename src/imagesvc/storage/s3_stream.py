@@ -79,12 +79,19 @@ class S3PartWriter:
     """A part of a multipart upload, streamed as one UploadPart (see port.PartWriter)."""
 
     def __init__(
-        self, client: S3Client, bucket: str, key: str, upload_id: str, number: int, size: int
+        self,
+        client: S3Client,
+        stream_client: S3Client,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        size: int,
     ) -> None:
         async def send(body: PipeBody) -> str:
             response = await _call(
                 "upload_part",
-                client.upload_part(
+                stream_client.upload_part(
                     Bucket=bucket,
                     Key=key,
                     UploadId=upload_id,
@@ -95,13 +102,34 @@ class S3PartWriter:
             )
             return response["ETag"]
 
+        async def exists() -> None:
+            await _call(
+                "list_parts",
+                client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, MaxParts=1),
+            )
+
         self._request = PipedRequest(size, send)
+        self._exists = exists
 
     async def write(self, data: bytes) -> None:
-        await self._request.write(data)
+        try:
+            await self._request.write(data)
+        except StorageUnavailable:
+            await self._why()
+            raise
 
     async def finish(self) -> str:
-        return await self._request.result()
+        try:
+            return await self._request.result()
+        except StorageUnavailable:
+            await self._why()
+            raise
+
+    async def _why(self) -> None:
+        """A store may refuse a part of an upload that is gone (aborted, completed) before
+        reading its body and drop the connection (moto does); the request cannot be retried
+        to hear why. Ask: ObjectMissing then, as from a buffered upload_part."""
+        await self._exists()
 
     async def abort(self) -> None:
         await self._request.abort()
