@@ -270,6 +270,15 @@ class LocalObjectStore:
         except FileNotFoundError:
             raise ObjectMissing(upload_id) from None  # aborted meanwhile
 
+    async def open_part(self, key: str, upload_id: str, number: int, size: int) -> _LocalPart:
+        parts = self._parts_dir(key, upload_id)
+        temp = parts / f"{number:05d}.{uuid.uuid4().hex}.tmp"
+        try:
+            handle = await _io(_open_exclusive, temp)
+        except FileNotFoundError:
+            raise ObjectMissing(upload_id) from None  # no such upload (aborted, completed)
+        return _LocalPart(handle, temp, parts / f"{number:05d}", size)
+
     async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
         parts = self._parts_dir(key, upload_id)
         final = self.path_of(key)
@@ -368,6 +377,74 @@ class _LocalWriter:
         self._done = True
         self._pending = bytearray()
         await _io(self._discard)
+
+    def _discard(self) -> None:
+        self._handle.close()
+        self._temp.unlink(missing_ok=True)
+
+
+class _LocalPart:
+    """A part file written as its bytes arrive: the same file, name and MD5 ETag that
+    `upload_part` makes, under a temp name until `finish()` renames it over the number."""
+
+    def __init__(self, handle: BinaryIO, temp: Path, final: Path, size: int) -> None:
+        self._handle = handle
+        self._temp = temp
+        self._final = final
+        self._size = size
+        self._written = 0
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._md5 = hashlib.md5()
+        self._done = False
+
+    async def write(self, data: bytes) -> None:
+        if self._written + len(data) > self._size:
+            raise ValueError("more bytes than the size this part was opened with")
+        self._written += len(data)
+        # Gathered into blocks (kept as they arrived, not joined) so one thread hop writes
+        # and hashes a useful amount.
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= WRITE_BLOCK:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        blocks, self._pending, self._pending_size = self._pending, [], 0
+        if blocks:
+            await _io(self._write_blocks, blocks)
+
+    def _write_blocks(self, blocks: list[bytes]) -> None:
+        for block in blocks:
+            self._md5.update(block)
+        self._handle.writelines(blocks)
+
+    async def finish(self) -> str:
+        if self._written != self._size:
+            raise ValueError("fewer bytes than the size this part was opened with")
+        await self._flush()
+        try:
+            await _io(self._commit)
+        except FileNotFoundError:
+            raise ObjectMissing(self._final.parent.name) from None  # aborted meanwhile
+        self._done = True
+        return f'"{self._md5.hexdigest()}"'
+
+    def _commit(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self._temp, self._final)  # replaces an earlier upload of this number
+
+    async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._pending, self._pending_size = [], 0
+        try:
+            await _io(self._discard)
+        except StorageUnavailable:
+            log.warning("a part file was left behind; gc removes it with its upload")
 
     def _discard(self) -> None:
         self._handle.close()

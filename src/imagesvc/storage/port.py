@@ -103,6 +103,25 @@ class ObjectWriter(Protocol):
         """Discard everything written so far (open multipart upload included). Idempotent."""
 
 
+class PartWriter(Protocol):
+    """One part of a multipart upload, streamed while its bytes arrive: exactly the size it
+    was opened with, then `finish()`. Until then the part is not stored under its number
+    (an earlier upload of that number, if any, stays)."""
+
+    async def write(self, data: bytes) -> None:
+        """Raises StorageUnavailable if the store gave up on the request, ValueError past
+        the declared size."""
+
+    async def finish(self) -> str:
+        """Wait until the store holds the part; returns its ETag. ValueError if fewer bytes
+        than declared were written; ObjectMissing when the upload is gone."""
+        ...
+
+    async def abort(self) -> None:
+        """Give the part up (the request is cut off before its declared length, or the
+        temp file removed). Idempotent; never raises a store failure."""
+
+
 class ObjectStore(Protocol):
     async def start(self) -> None:
         """Open clients / create directories; called once by the app lifespan."""
@@ -179,6 +198,13 @@ class ObjectStore(Protocol):
         """Store part `number` (1..10000; all but the last at least 5 MiB) of the upload;
         a part uploaded again under the same number replaces the earlier one. Returns the
         part's ETag. Raises ObjectMissing when the upload is gone (aborted, completed)."""
+        ...
+
+    async def open_part(self, key: str, upload_id: str, number: int, size: int) -> PartWriter:
+        """Like `upload_part`, with the part's bytes written while they arrive (`size` is
+        exact and known in advance): the part is stored when `finish()` returns, replacing
+        an earlier upload of `number`. A streamed S3 request cannot be rewound, so it is not
+        retried once its body started: a failure is the caller's to repeat."""
         ...
 
     async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> None:

@@ -37,6 +37,7 @@ from imagesvc.storage.port import (
 from imagesvc.storage.s3_calls import TRANSPORT_ERRORS as _TRANSPORT_ERRORS
 from imagesvc.storage.s3_calls import call as _call
 from imagesvc.storage.s3_calls import error_code as _error_code
+from imagesvc.storage.s3_stream import S3PartWriter
 from imagesvc.storage.s3_writer import S3Writer
 
 if TYPE_CHECKING:
@@ -72,9 +73,10 @@ class S3ObjectStore:
         self.options = options
         self._stack = AsyncExitStack()
         self._client: S3Client | None = None
-        # Sends the streamed PutObjects (storage/bodies.py PipeBody) with UNSIGNED-PAYLOAD:
-        # SigV4 otherwise hashes the whole body before the first byte is sent, which a body
-        # still arriving from the client cannot offer. Everything else goes through
+        # Sends the streamed PutObjects and UploadParts (storage/bodies.py PipeBody,
+        # storage/s3_stream.py) with UNSIGNED-PAYLOAD: SigV4 otherwise hashes the whole
+        # body before the first byte is sent, which a body still arriving from the client
+        # cannot offer. Everything else goes through
         # `client`, payload signed as before.
         self._stream_client: S3Client | None = None
         # (key, ttl, disposition) -> (the URL, when it was signed); kept for the first
@@ -355,6 +357,13 @@ class S3ObjectStore:
             ),
         )
         return response["ETag"]
+
+    async def open_part(self, key: str, upload_id: str, number: int, size: int) -> S3PartWriter:
+        if self._stream_client is None:
+            raise RuntimeError("S3ObjectStore.start() was not awaited")
+        return S3PartWriter(
+            self.client, self._stream_client, self.bucket, key, upload_id, number, size
+        )
 
     async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
         parts: list[CompletedPartTypeDef] = [

@@ -6,9 +6,9 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from imagesvc.storage.bodies import ChunksBody, PipeBody
-from imagesvc.storage.port import StorageUnavailable
 from imagesvc.storage.s3_calls import best_effort as _best_effort
 from imagesvc.storage.s3_calls import call as _call
+from imagesvc.storage.s3_stream import PipedRequest
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -55,14 +55,13 @@ class S3Writer:
         self._creating: asyncio.Future[None] | None = None
         self._finished = False
         self._stream_client = stream_client
-        self._pipe: PipeBody | None = None
-        self._put: asyncio.Task[None] | None = None
+        self._streamed: PipedRequest[None] | None = None
         if size is not None and 0 < size <= part_size and stream_client is not None:
-            self._pipe = PipeBody(size)
+            self._streamed = PipedRequest(size, self._put_streamed)
 
     async def write(self, data: bytes) -> None:
-        if self._pipe is not None:
-            await self._write_streamed(self._pipe, data)
+        if self._streamed is not None:
+            await self._streamed.write(data)
             return
         while self._pending_size + len(data) >= self._part_size:
             # Complete the part with the head of this chunk; the tail starts the next one.
@@ -80,24 +79,6 @@ class S3Writer:
         return body
 
     # --- one PutObject, streamed ----------------------------------------------------------
-
-    async def _write_streamed(self, pipe: PipeBody, data: bytes) -> None:
-        if not pipe.room_for(len(data)):
-            raise ValueError("more bytes than the size this write was opened with")
-        if self._put is None:
-            self._put = asyncio.create_task(self._put_streamed(pipe))
-        elif self._put.done():
-            await self._put  # raises StorageUnavailable if it failed
-            raise StorageUnavailable()
-        if pipe.offer(data):
-            return
-        handoff = asyncio.ensure_future(pipe.put(data))
-        # Never wait on a request that already ended: its failure surfaces here.
-        await asyncio.wait((handoff, self._put), return_when=asyncio.FIRST_COMPLETED)
-        if not handoff.done():
-            handoff.cancel()
-            await self._put  # raises StorageUnavailable if it failed
-            raise StorageUnavailable()  # it ended without taking every byte
 
     async def _put_streamed(self, pipe: PipeBody) -> None:
         assert self._stream_client is not None
@@ -156,13 +137,9 @@ class S3Writer:
 
     async def complete(self) -> int | None:
         confirmed: int | None = None
-        if self._pipe is not None:
-            if self._pipe.accepted != self._pipe.size:
-                raise ValueError("fewer bytes than the size this write was opened with")
-            if self._put is None:
-                self._put = asyncio.create_task(self._put_streamed(self._pipe))
-            await self._put
-            confirmed = self._pipe.size  # PutObject stores exactly Content-Length bytes
+        if self._streamed is not None:
+            await self._streamed.result()
+            confirmed = self._streamed.pipe.size  # PutObject stores exactly Content-Length
         elif self._upload_id is None:
             body = self._take_pending()
             confirmed = len(body)  # PutObject stores exactly Content-Length bytes, or fails
@@ -197,10 +174,8 @@ class S3Writer:
         self._finished = True
         self._pending, self._pending_size = [], 0
         tasks, self._in_flight = self._in_flight, []
-        if self._put is not None:
-            # Cancelling the request closes its connection before the declared length was
-            # sent: the store keeps nothing of it.
-            tasks.append(self._put)
+        if self._streamed is not None:
+            await self._streamed.abort()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,12 +1,24 @@
 """The bytes of one tus PATCH on their way to the store.
 
-The body is appended to the upload's parked tail (read back first) in one buffer; each time
-the buffer holds a part, the part goes to the store's multipart upload, with at most one
-part in flight while the next fills (memory: about two parts per PATCH). What is left when
-the body ends becomes the next tail: a part of its own if it reaches the store's 5 MiB
-minimum, else a fresh tail object. Nothing here is visible to anyone until the service
-commits the returned `Progress`: parts uploaded under numbers the row does not list are
-replaced by the next PATCH or dropped when the upload completes, and an uncommitted tail
+The body follows the upload's parked tail (read back first). Once the header is known,
+each part whose size is known in advance is *streamed*: opened in the store
+(`ObjectStore.open_part`, one UploadPart whose body is sent while it arrives) and fed the
+tail, then the body's chunks, as they come. A part's size is known when the PATCH declared
+its Content-Length: a full part while tail + the rest of the body hold one, a part of 5 MiB
+or more that would otherwise be parked at the end, and the upload's last part (any size)
+when this body ends the upload. A tus client sends its next chunk only after our 204, so
+receiving and storing overlap only this way. Bytes that will be the parked tail (< 5 MiB at
+the end of a non-final PATCH) and bodies without Content-Length take the buffered path:
+a part is gathered whole, then uploaded, one in flight while the next fills.
+
+A streamed part keeps references to the chunks written into it until it is full (memory: at
+most one part per PATCH), so a body cut inside it still keeps what arrived: the part is
+given up and its bytes are parked like any others (below).
+
+What is left when the body ends becomes the next tail: a part of its own if it reaches the
+store's 5 MiB minimum, else a fresh tail object. Nothing here is visible to anyone until the
+service commits the returned `Progress`: parts uploaded under numbers the row does not list
+are replaced by the next PATCH or dropped when the upload completes, and an uncommitted tail
 object is deleted (or found by gc). That is what makes a 460 or a lost lease harmless.
 
 Until the header is known the probe sees every byte from offset 0 (no part is cut before
@@ -18,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -26,11 +39,15 @@ from imagesvc.errors import UnsupportedMediaType
 from imagesvc.imaging.probe import ImageInfo
 from imagesvc.observability.metrics import RECEIVED_BYTES
 from imagesvc.storage.layout import KeyLayout
-from imagesvc.storage.port import ObjectStore, StorageUnavailable, read_object
+from imagesvc.storage.port import ObjectStore, PartWriter, StorageUnavailable, read_object
 from imagesvc.uploads.ingest import MeasuredUpload, UploadLimits
 from imagesvc.uploads.tus.protocol import Checksum, ChecksumMismatch, ChunkTooLong
 
 _RECEIVED = RECEIVED_BYTES.labels("tus")
+# Bytes handed to a streamed part in one write at most: a single huge chunk (a whole parked
+# tail, or a body an ASGI client sent in one piece) would otherwise sit whole in the HTTP
+# transport's buffer, a second copy of it.
+_PIECE = 1024 * 1024
 
 
 class LeaseLost(StorageUnavailable):
@@ -82,6 +99,7 @@ class Receiver:
         lease: Lease,
         checksum: Checksum | None,
         record_multipart: Callable[[str], Awaitable[None]],
+        declared: int | None = None,
         chain: MeasuredUpload | None = None,
     ) -> None:
         self.store = store
@@ -93,6 +111,7 @@ class Receiver:
         self.checksum = checksum
         self.hasher = checksum.hasher() if checksum else None
         self.record_multipart = record_multipart
+        self.declared = declared  # the body's Content-Length, when sent
         # Every byte from offset 0 measured in this process (size, sha256, frames), when
         # this process saw them all: completion then need not read the object back.
         self.chain = chain
@@ -101,9 +120,14 @@ class Receiver:
         self.info = start.info
         # Fed from offset 0 while the header is unknown.
         self.probe: MeasuredUpload | None = None if start.info else MeasuredUpload(limits)
-        self._buffer: list[bytes] = []
+        # Bytes not yet in any part: the tail, then the body, in pieces of at most _PIECE.
+        self._buffer: deque[bytes] = deque()
         self._buffered = 0
-        self._in_flight: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Task[None] | None = None  # the last part, being stored
+        self._part: PartWriter | None = None  # the streamed part being written
+        self._part_number = 0
+        self._part_left = 0
+        self._part_chunks: list[bytes] = []  # its bytes so far, should the body be cut
         self.received = 0  # bytes of this request's body
         self.new_tail: str | None = None  # written by this PATCH, not yet committed
 
@@ -142,8 +166,8 @@ class Receiver:
             if self.chain is not None:
                 self.chain.take(chunk)
             self._append(chunk)
-            while self.info is not None and self._buffered >= self.part_size:
-                await self._send_part(self._take(self.part_size))
+            if self.info is not None:
+                await self._pump()
 
     def verify(self) -> None:
         """The body ended: its checksum decides whether anything of it counts."""
@@ -168,6 +192,7 @@ class Receiver:
     async def park(self, *, content_type: str) -> tuple[str | None, int]:
         """The body ended before the upload did: keep what is buffered as a part (5 MiB or
         more) or as a new tail object. Returns the tail (key, size) to commit."""
+        await self._give_up_part()  # a body cut inside a streamed part: keep its bytes
         rest = self._take(self._buffered)
         if self.info is not None and len(rest) >= S3_MIN_PART_SIZE:
             await self._send_part(rest)
@@ -185,6 +210,7 @@ class Receiver:
         """The last byte is here: every byte goes to the store, as the last part of the
         multipart upload, or as the whole object when no part was cut. (The service
         assembles the parts once the row says `completing`.)"""
+        await self._give_up_part()  # (none is open: with the last byte every part is full)
         rest = self._take(self._buffered)
         if self.multipart_id is None:
             self.lease.check()
@@ -200,12 +226,15 @@ class Receiver:
             await task
 
     async def cancel(self) -> None:
-        """Stop the part in flight (after a failure); its upload is never committed."""
+        """Stop the parts being written (after a failure); they are never committed."""
         task, self._in_flight = self._in_flight, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+        part, self._part, self._part_chunks = self._part, None, []
+        if part is not None:
+            await part.abort()
 
     def _probe(self, data: bytes) -> None:
         assert self.probe is not None
@@ -219,18 +248,115 @@ class Receiver:
                 f"no image header was found in the first {self.header_budget} bytes"
             )
 
+    # --- the buffer ------------------------------------------------------------------------
+
     def _append(self, data: bytes) -> None:
-        self._buffer.append(data)
+        if len(data) > _PIECE:  # cut once here, so later takes never re-copy a long rest
+            self._buffer.extend(data[i : i + _PIECE] for i in range(0, len(data), _PIECE))
+        else:
+            self._buffer.append(data)
         self._buffered += len(data)
 
+    def _pop(self, limit: int) -> bytes:
+        """The buffer's first piece, or its first `limit` bytes."""
+        piece = self._buffer.popleft()
+        if len(piece) > limit:
+            self._buffer.appendleft(piece[limit:])
+            piece = piece[:limit]
+        self._buffered -= len(piece)
+        return piece
+
     def _take(self, size: int) -> bytes:
-        joined = b"".join(self._buffer)
-        part, rest = joined[:size], joined[size:]
-        self._buffer = [rest] if rest else []
-        self._buffered = len(rest)
-        return part
+        pieces = []
+        while size > 0 and self._buffer:
+            pieces.append(self._pop(size))
+            size -= len(pieces[-1])
+        return b"".join(pieces)
+
+    # --- streamed parts ----------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        """Move buffered bytes into parts, as far as their sizes are known."""
+        while self._buffer:
+            if self._part is not None:
+                await self._write_part(self._pop(self._part_left))
+                continue
+            size = self._streamed_size()
+            if size is not None:
+                await self._open_part(size)
+            elif self.declared is None and self._buffered >= self.part_size:
+                await self._send_part(self._take(self.part_size))  # no Content-Length
+            else:
+                return  # the tail to be parked, or the whole object of a small upload
+
+    def _streamed_size(self) -> int | None:
+        """The size of the next part when it is known now, else None (buffer the bytes)."""
+        if self.declared is None:
+            return None
+        # This PATCH's bytes not in any part yet: the buffer and the rest of the body.
+        left = self._buffered + max(0, self.declared - self.received)
+        if left >= self.part_size:
+            return self.part_size
+        length = self.start.length
+        if length is not None and self.start.offset + self.declared == length:
+            # The upload's last part, of any size; with no multipart upload at all, `flush`
+            # puts the whole (small) object instead.
+            return left if self.multipart_id is not None else None
+        # What park would send as a part at the end, rather than as a tail.
+        return left if left >= S3_MIN_PART_SIZE else None
+
+    async def _open_part(self, size: int) -> None:
+        number = await self._next_number()
+        self._part = await self.store.open_part(
+            self.start.storage_key, self._multipart(), number, size
+        )
+        self._part_number, self._part_left = number, size
+
+    async def _write_part(self, data: bytes) -> None:
+        assert self._part is not None
+        self._part_chunks.append(data)
+        self._part_left -= len(data)
+        await self._part.write(data)
+        if self._part_left:
+            return
+        part, number = self._part, self._part_number
+        self._part, self._part_chunks = None, []  # every byte is on its way: none to keep
+        await self.drain()  # the part before: its failure surfaces before another goes
+        self._in_flight = asyncio.create_task(self._finish_part(part, number))
+
+    async def _finish_part(self, part: PartWriter, number: int) -> None:
+        try:
+            self.etags[number - 1] = await part.finish()
+        except BaseException:
+            await part.abort()
+            raise
+
+    async def _give_up_part(self) -> None:
+        """The body ended inside a streamed part (it was cut short): the part cannot be
+        finished, so it is aborted and its bytes go back to the buffer, to be parked."""
+        part, self._part = self._part, None
+        if part is None:
+            return
+        await part.abort()
+        assert self._part_number == len(self.etags)
+        self.etags.pop()  # its number is the last; the next part takes it again
+        chunks, self._part_chunks = self._part_chunks, []
+        self._buffer.extendleft(reversed(chunks))
+        self._buffered += sum(len(chunk) for chunk in chunks)
+
+    # --- buffered parts ----------------------------------------------------------------------
 
     async def _send_part(self, part: bytes) -> None:
+        await self.drain()  # its failure surfaces here, before another part goes
+        number = await self._next_number()
+        self._in_flight = asyncio.create_task(self._upload(number, part))
+
+    async def _upload(self, number: int, part: bytes) -> None:
+        etag = await self.store.upload_part(self.start.storage_key, self._multipart(), number, part)
+        self.etags[number - 1] = etag
+
+    async def _next_number(self) -> int:
+        """Claim the next part number, once the lease allows starting a part at all."""
         self.lease.check()
         if self.multipart_id is None:
             assert self.info is not None
@@ -238,13 +364,10 @@ class Receiver:
                 self.start.storage_key, content_type=self.info.format.content_type
             )
             await self.record_multipart(self.multipart_id)
-        await self.drain()  # its failure surfaces here, before another part goes
-        self.lease.check()
-        number = len(self.etags) + 1
+            self.lease.check()
         self.etags.append("")
-        self._in_flight = asyncio.create_task(self._upload(number, part))
+        return len(self.etags)
 
-    async def _upload(self, number: int, part: bytes) -> None:
+    def _multipart(self) -> str:
         assert self.multipart_id is not None
-        etag = await self.store.upload_part(self.start.storage_key, self.multipart_id, number, part)
-        self.etags[number - 1] = etag
+        return self.multipart_id

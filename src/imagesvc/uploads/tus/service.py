@@ -258,6 +258,7 @@ class ResumableService:
                 lease=lease,
                 checksum=checksum,
                 record_multipart=lambda mid: self._record_multipart(upload_id, token, mid),
+                declared=body.declared,
                 chain=self._chain(upload_id, start.offset),
             )
             try:
