@@ -122,7 +122,7 @@ def main() -> None:
     eight_seq = rate["8"] / rate["sequential"]
     section = (
         f"{BEGIN}\n"
-        "## 6. Resumable uploads (tus; bench/tus.py)\n\n"
+        "## 7. Resumable uploads (tus; bench/tus.py)\n\n"
         f"Machine: {machine()}. rclone `serve s3`, {PART // MIB} MiB parts, 100 MiB image; "
         "tus chunks are PATCHed one after the other and the last one completes the image "
         "(assembly, a HEAD of the object, pending -> ready; one process served every PATCH, so size, sha256 and frames were measured on the way in).\n\n"
