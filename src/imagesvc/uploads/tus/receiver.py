@@ -8,13 +8,14 @@ and one read however small the chunks (it used to be one tail object, read back 
 rewritten whole by every PATCH: quadratic up to a part). Once the header is known,
 each part whose size is known in advance is *streamed*: opened in the store
 (`ObjectStore.open_part`, one UploadPart whose body is sent while it arrives) and fed the
-fragments, then the body's chunks, as they come. A part's size is known when the PATCH declared
-its Content-Length: a full part while tail + the rest of the body hold one, a part of 5 MiB
-or more that would otherwise be parked at the end, and the upload's last part (any size)
-when this body ends the upload. A tus client sends its next chunk only after our 204, so
-receiving and storing overlap only this way. Bytes that will be the parked tail (< 5 MiB at
-the end of a non-final PATCH) and bodies without Content-Length take the buffered path:
-a part is gathered whole, then uploaded, one in flight while the next fills.
+fragments, then the body's chunks, as they come. A part's size is known when the PATCH
+declared its Content-Length: a full part while the fragments + the rest of the body hold
+one, a part of 5 MiB or more that would otherwise be parked at the end, and the upload's
+last part (any size) when this body ends the upload. A tus client sends its next chunk
+only after our 204, so receiving and storing overlap only this way. Bytes that will be a
+fragment (< 5 MiB at the end of a non-final PATCH) and bodies without Content-Length take
+the buffered path: a part is gathered whole, then uploaded, one in flight while the next
+fills.
 
 A streamed part keeps references to the chunks written into it until it is full (memory: at
 most one part per PATCH), so a body cut inside it still keeps what arrived: the part is
