@@ -196,8 +196,13 @@ class ResumableUpload(Base):
     multipart_id: Mapped[str | None] = mapped_column(String(MULTIPART_ID_MAX))
     # JSON list of the committed parts' ETags: part n is item n - 1 (numbered 1, 2, ...).
     parts: Mapped[str] = mapped_column(Text)
-    # The parked tail: bytes past the last part, below the minimum part size, kept as an
-    # object of their own (a fresh key each time) until the next PATCH prepends them.
+    # The parked tail: bytes past the last part, below the minimum part size, kept as
+    # fragments, one object per PATCH (a fresh key each), until a part takes them all.
+    # JSON list of [key, size] in order; null in records written before migration 0008,
+    # whose tail is the one object `tail_key` (uploads/tus/repository.py fragments_of).
+    tail_fragments: Mapped[str | None] = mapped_column(Text)
+    # The first fragment's key, and the size of all of them: a one-fragment tail is exactly
+    # the old single tail.
     tail_key: Mapped[str | None] = mapped_column(String(512))
     tail_size: Mapped[int] = mapped_column(BigInteger)
     # The lease of the PATCH (or DELETE) working on the upload: claimed with a conditional

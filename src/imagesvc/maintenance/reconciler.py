@@ -22,8 +22,8 @@ Passes, each bounded by `limit` items per run:
    `deleting` in one transaction, then the multipart upload, the parked tail and the row
    go as in pass 1 (which finishes the job if this stops half way). A live tus upload is
    not heart-beaten between PATCHes: pass 1 leaves its pending row alone, passes 2 and 3
-   leave the tail and the multipart upload its record names (and everything of an upload
-   whose PATCH holds the lease).
+   leave every tail fragment and the multipart upload its record names (and everything
+   of an upload whose PATCH holds the lease).
 
 Every step is idempotent and conditional, so gc is safe alongside live traffic and
 alongside another gc: it never touches a pending row whose lease is held.
@@ -42,7 +42,7 @@ from imagesvc.observability.metrics import GC_ITEMS, RESUMABLE_UPLOADS
 from imagesvc.storage.layout import KeyLayout, StoredKey
 from imagesvc.storage.port import ObjectInfo, ObjectStore, UploadInfo
 from imagesvc.uploads.idempotency import IdempotentUploads
-from imagesvc.uploads.tus.repository import ResumableRepository
+from imagesvc.uploads.tus.repository import LiveUpload, ResumableRepository
 from imagesvc.variants.repository import VariantRepository
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ class Reconciler:
                 return True
             if parsed.is_variant:
                 return info.key not in rendered
-            if parsed.is_tail:  # a parked tail: only the one its upload names is live
+            if parsed.is_tail:  # a tail fragment: only those its upload names are live
                 return _unreferenced_tail(info.key, live.get(parsed.image_id))
             return parsed.is_direct_upload and state[0] != ImageStatus.PENDING
 
@@ -317,13 +317,13 @@ class Reconciler:
             report.unfinished_multipart_uploads.append(upload.key)
 
 
-def _unreferenced_tail(key: str, record: tuple[str | None, str | None, bool] | None) -> bool:
-    """A parked tail is garbage unless an unfinished upload names it, or that upload's
-    PATCH is running (it may have written a new tail it has not committed yet)."""
+def _unreferenced_tail(key: str, record: LiveUpload | None) -> bool:
+    """A tail fragment is garbage unless an unfinished upload names it (any of its
+    fragments), or that upload's PATCH is running (it may have written a fragment it has
+    not committed yet)."""
     if record is None:
         return True
-    _, tail_key, leased = record
-    return not leased and tail_key != key
+    return not record.leased and key not in record.tail_keys
 
 
 async def _drop_expired(tx: Tx, upload: ResumableUpload, now: datetime) -> bool:

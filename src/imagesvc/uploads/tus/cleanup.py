@@ -45,7 +45,7 @@ class Cleanup:
 
     async def release(self, upload_id: str, token: str, new_tail: str | None) -> None:
         if new_tail:
-            await self.delete_quietly(new_tail)  # written, never committed
+            await self.delete_quietly([new_tail])  # written, never committed
         await self.db.run(lambda tx: ResumableRepository(tx).release(upload_id, token=token))
 
     async def remove_stored(self, upload_id: str, multipart_id: str | None) -> None:
@@ -58,11 +58,14 @@ class Cleanup:
         await self.store.delete_prefix(self.layout.image(upload_id))
         await self.db.run(lambda tx: ImageRepository(tx).remove(upload_id, ImageStatus.DELETING))
 
-    async def delete_quietly(self, key: str) -> None:
+    async def delete_quietly(self, keys: list[str]) -> None:
+        """Tail fragments no record names (any left are gc's orphans)."""
+        if not keys:
+            return
         try:
-            await self.store.delete_keys([key])
+            await self.store.delete_keys(keys)
         except ServiceUnavailable:
-            log.info("left tail %s for gc", key)
+            log.info("left %d tail fragments for gc", len(keys))
 
     async def shielded(self, cleanup: Coroutine[Any, Any, object]) -> None:
         """Run `cleanup` to its end even if the request is cancelled meanwhile."""

@@ -22,7 +22,12 @@ from imagesvc.uploads.stored import Measured, measure_stored
 from imagesvc.uploads.tus.cleanup import Cleanup
 from imagesvc.uploads.tus.protocol import UploadLocked
 from imagesvc.uploads.tus.receiver import Lease, Receiver
-from imagesvc.uploads.tus.repository import Progress, ResumableRepository, etags_of
+from imagesvc.uploads.tus.repository import (
+    Progress,
+    ResumableRepository,
+    etags_of,
+    fragments_of,
+)
 from imagesvc.uploads.tus.state import UploadState
 
 log = logging.getLogger(__name__)
@@ -61,8 +66,7 @@ class Completion:
             offset=length,
             length=length,
             etags=receiver.etags,
-            tail_key=upload.tail_key,  # consumed; removed once the image is ready
-            tail_size=upload.tail_size,
+            tail=fragments_of(upload),  # (not written: removed once the image is ready)
             expires_at=now + self.expiry(),
         )
         if not await self.db.run(
@@ -123,8 +127,8 @@ class Completion:
         )
         RESUMABLE_UPLOADS.labels("completed").inc()
         UPLOADED_BYTES.inc(length)
-        if upload.tail_key:
-            await self.cleanup.delete_quietly(upload.tail_key)
+        # Every fragment went into the parts; the row names them no more.
+        await self.cleanup.delete_quietly([f.key for f in fragments_of(upload)])
         return UploadState(upload.id, length, length, upload.upload_metadata, None, upload.id)
 
     async def _measure(self, key: str, chain: MeasuredUpload | None, length: int) -> Measured:

@@ -1,28 +1,43 @@
 """The bytes of one tus PATCH on their way to the store.
 
-The body follows the upload's parked tail (read back first). Once the header is known,
+The body follows the upload's parked tail: fragments, one object per earlier PATCH whose
+bytes did not complete a part. They are read back only when a part is cut (then once, in
+order, ahead of the body), never to be rewritten: a PATCH whose bytes do not complete a
+part stores only its own bytes, as one more fragment, so parking costs each byte one write
+and one read however small the chunks (it used to be one tail object, read back and
+rewritten whole by every PATCH: quadratic up to a part). Once the header is known,
 each part whose size is known in advance is *streamed*: opened in the store
 (`ObjectStore.open_part`, one UploadPart whose body is sent while it arrives) and fed the
-tail, then the body's chunks, as they come. A part's size is known when the PATCH declared
-its Content-Length: a full part while tail + the rest of the body hold one, a part of 5 MiB
-or more that would otherwise be parked at the end, and the upload's last part (any size)
-when this body ends the upload. A tus client sends its next chunk only after our 204, so
-receiving and storing overlap only this way. Bytes that will be the parked tail (< 5 MiB at
-the end of a non-final PATCH) and bodies without Content-Length take the buffered path:
-a part is gathered whole, then uploaded, one in flight while the next fills.
+fragments, then the body's chunks, as they come. A part's size is known when the PATCH
+declared its Content-Length: a full part while the fragments + the rest of the body hold
+one, a part of 5 MiB or more that would otherwise be parked at the end, and the upload's
+last part (any size) when this body ends the upload. A tus client sends its next chunk
+only after our 204, so receiving and storing overlap only this way. Bytes that will be a
+fragment (< 5 MiB at the end of a non-final PATCH) and bodies without Content-Length take
+the buffered path: a part is gathered whole, then uploaded, one in flight while the next
+fills.
 
 A streamed part keeps references to the chunks written into it until it is full (memory: at
 most one part per PATCH), so a body cut inside it still keeps what arrived: the part is
 given up and its bytes are parked like any others (below).
 
-What is left when the body ends becomes the next tail: a part of its own if it reaches the
-store's 5 MiB minimum, else a fresh tail object. Nothing here is visible to anyone until the
-service commits the returned `Progress`: parts uploaded under numbers the row does not list
-are replaced by the next PATCH or dropped when the upload completes, and an uncommitted tail
-object is deleted (or found by gc). That is what makes a 460 or a lost lease harmless.
+What is left when the body ends is parked: with the fragments, a part of its own if they
+reach the store's 5 MiB minimum, else a new fragment of this PATCH's bytes (a fresh key)
+appended to the list. Nothing here is visible to anyone until the service commits the
+returned `Progress`: parts uploaded under numbers the row does not list are replaced by the
+next PATCH or dropped when the upload completes, an uncommitted fragment is deleted (or
+found by gc), and fragments read into a part are deleted only once the row no longer names
+them. That is what makes a 460 or a lost lease harmless. The list is bounded
+(`_MAX_FRAGMENTS`): a PATCH that would go past it reads the fragments back and parks them
+with its own bytes as one (only clients sending chunks of a few KiB ever do that).
 
-Until the header is known the probe sees every byte from offset 0 (no part is cut before
-that, so the tail holds them all), and a header not found within the first part is 415.
+The probe: until the header is known the probe sees every byte from offset 0. No part is
+cut before that, so the fragments hold every byte so far, and they are fewer than the
+header budget (else the upload was refused with 415); a PATCH that starts without the
+header reads them for the probe first (and stops reading once it is found). They stay
+parked: a part cut later in the same PATCH reads them again, a second read of at most the
+header budget, only in the PATCH that finds the header. A header not found within the
+first part is 415.
 """
 
 from __future__ import annotations
@@ -39,15 +54,19 @@ from imagesvc.errors import UnsupportedMediaType
 from imagesvc.imaging.probe import ImageInfo
 from imagesvc.observability.metrics import RECEIVED_BYTES
 from imagesvc.storage.layout import KeyLayout
-from imagesvc.storage.port import ObjectStore, PartWriter, StorageUnavailable, read_object
+from imagesvc.storage.port import ObjectStore, PartWriter, StorageUnavailable
 from imagesvc.uploads.ingest import MeasuredUpload, UploadLimits
 from imagesvc.uploads.tus.protocol import Checksum, ChecksumMismatch, ChunkTooLong
+from imagesvc.uploads.tus.repository import Fragment
 
 _RECEIVED = RECEIVED_BYTES.labels("tus")
 # Bytes handed to a streamed part in one write at most: a single huge chunk (a whole parked
 # tail, or a body an ASGI client sent in one piece) would otherwise sit whole in the HTTP
 # transport's buffer, a second copy of it.
 _PIECE = 1024 * 1024
+# Fragments a record names at most (its JSON stays a few KiB in a TEXT column): 64 PATCHes
+# below a part, e.g. chunks of 80 KiB or more, never consolidate before a 5 MiB part.
+_MAX_FRAGMENTS = 64
 
 
 class LeaseLost(StorageUnavailable):
@@ -82,8 +101,7 @@ class Start:
     length: int | None  # known length (from creation or this PATCH's Upload-Length)
     etags: list[str]
     multipart_id: str | None
-    tail_key: str | None
-    tail_size: int
+    tail: tuple[Fragment, ...]  # the parked tail, in order
     info: ImageInfo | None  # the header, once probed
 
 
@@ -129,7 +147,9 @@ class Receiver:
         self._part_left = 0
         self._part_chunks: list[bytes] = []  # its bytes so far, should the body be cut
         self.received = 0  # bytes of this request's body
-        self.new_tail: str | None = None  # written by this PATCH, not yet committed
+        # The committed fragments whose bytes are not read back (not in the buffer).
+        self.parked: list[Fragment] = list(start.tail)
+        self.new_tail: str | None = None  # the fragment written by this PATCH, uncommitted
 
     @property
     def header_budget(self) -> int:
@@ -139,17 +159,18 @@ class Receiver:
     def limit(self) -> int:
         return self.start.length if self.start.length is not None else self.limits.max_upload_bytes
 
-    async def load_tail(self) -> None:
-        if not self.start.tail_key or not self.start.tail_size:
-            return
-        tail = await read_object(
-            self.store, self.start.tail_key, size=self.start.tail_size, limit=self.part_size
-        )
-        if len(tail) != self.start.tail_size:
-            raise StorageUnavailable("the store lost part of this upload; retry shortly")
-        if self.probe is not None:
-            self._probe(tail)  # the tail is every byte so far: no part was cut yet
-        self._append(tail)
+    @property
+    def parked_size(self) -> int:
+        return sum(fragment.size for fragment in self.parked)
+
+    async def probe_tail(self) -> None:
+        """Before the body, while the header is unknown: the fragments are every byte so
+        far (no part was cut yet), so the probe reads them first. Only the probe: they stay
+        parked (see the module's docstring)."""
+        for fragment in self.parked:
+            if self.probe is None:
+                return  # found
+            self._probe(await self._read(fragment))
 
     async def receive(self, chunks: AsyncIterator[bytes]) -> None:
         async for chunk in chunks:
@@ -189,28 +210,34 @@ class Receiver:
             self.info = self.probe.finish()
         return self.info
 
-    async def park(self, *, content_type: str) -> tuple[str | None, int]:
-        """The body ended before the upload did: keep what is buffered as a part (5 MiB or
-        more) or as a new tail object. Returns the tail (key, size) to commit."""
+    async def park(self, *, content_type: str) -> list[Fragment]:
+        """The body ended before the upload did: with the fragments, what is buffered goes
+        to a part (5 MiB or more), else it becomes one more fragment. Returns the parked
+        tail to commit."""
         await self._give_up_part()  # a body cut inside a streamed part: keep its bytes
+        if self.info is not None and self.parked_size + self._buffered >= S3_MIN_PART_SIZE:
+            await self._unpark()
+        elif self._buffered and len(self.parked) >= _MAX_FRAGMENTS:
+            await self._unpark()  # consolidate: the buffer is parked as one fragment
         rest = self._take(self._buffered)
         if self.info is not None and len(rest) >= S3_MIN_PART_SIZE:
             await self._send_part(rest)
             rest = b""
         await self.drain()
         if not rest:
-            return None, 0
+            return list(self.parked)
         self.lease.check()
         key = self.layout.tail(self.start.image_id)
         self.new_tail = key
         await self.store.put_object(key, rest, content_type="application/octet-stream")
-        return key, len(rest)
+        return [*self.parked, Fragment(key, len(rest))]
 
     async def flush(self, *, content_type: str) -> None:
         """The last byte is here: every byte goes to the store, as the last part of the
         multipart upload, or as the whole object when no part was cut. (The service
         assembles the parts once the row says `completing`.)"""
         await self._give_up_part()  # (none is open: with the last byte every part is full)
+        await self._unpark()  # (with Content-Length a streamed last part took them already)
         rest = self._take(self._buffered)
         if self.multipart_id is None:
             self.lease.check()
@@ -250,6 +277,29 @@ class Receiver:
 
     # --- the buffer ------------------------------------------------------------------------
 
+    async def _read(self, fragment: Fragment) -> bytes:
+        stream = await self.store.open_read(fragment.key)  # ObjectMissing: the upload is gone
+        try:
+            data = b"".join([chunk async for chunk in stream])
+        finally:
+            await stream.aclose()
+        if len(data) != fragment.size:
+            raise StorageUnavailable("the store lost part of this upload; retry shortly")
+        return data
+
+    async def _unpark(self) -> None:
+        """A part is about to be cut: it begins with the fragments, read back once, in
+        order, ahead of the body's bytes already buffered. (Fewer than 5 MiB of them, or
+        the header budget: memory stays within about a part.) The row still names them
+        until the service commits; it deletes them after."""
+        pieces: list[bytes] = []
+        for fragment in self.parked:
+            data = await self._read(fragment)
+            pieces.extend(data[i : i + _PIECE] for i in range(0, len(data), _PIECE))
+        self._buffer.extendleft(reversed(pieces))
+        self._buffered += self.parked_size
+        self.parked = []
+
     def _append(self, data: bytes) -> None:
         if len(data) > _PIECE:  # cut once here, so later takes never re-copy a long rest
             self._buffer.extend(data[i : i + _PIECE] for i in range(0, len(data), _PIECE))
@@ -283,8 +333,10 @@ class Receiver:
                 continue
             size = self._streamed_size()
             if size is not None:
+                await self._unpark()
                 await self._open_part(size)
-            elif self.declared is None and self._buffered >= self.part_size:
+            elif self.declared is None and self.parked_size + self._buffered >= self.part_size:
+                await self._unpark()
                 await self._send_part(self._take(self.part_size))  # no Content-Length
             else:
                 return  # the tail to be parked, or the whole object of a small upload
@@ -293,8 +345,8 @@ class Receiver:
         """The size of the next part when it is known now, else None (buffer the bytes)."""
         if self.declared is None:
             return None
-        # This PATCH's bytes not in any part yet: the buffer and the rest of the body.
-        left = self._buffered + max(0, self.declared - self.received)
+        # The bytes not in any part yet: the fragments, the buffer and the rest of the body.
+        left = self.parked_size + self._buffered + max(0, self.declared - self.received)
         if left >= self.part_size:
             return self.part_size
         length = self.start.length

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, or_, select, update
 
@@ -23,20 +23,59 @@ def lease_free(now: datetime) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
+class Fragment:
+    """One object of the parked tail: bytes of one PATCH past the last part."""
+
+    key: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Progress:
     """What one PATCH commits: the new offset and where its bytes are."""
 
     offset: int
     length: int | None
     etags: Sequence[str]
-    tail_key: str | None
-    tail_size: int
+    tail: Sequence[Fragment]  # the parked tail, in order
     expires_at: datetime
+
+
+class LiveUpload(NamedTuple):
+    """What gc needs to know of an unfinished upload."""
+
+    multipart_id: str | None
+    tail_keys: frozenset[str]  # every fragment the record names
+    leased: bool
 
 
 def etags_of(upload: ResumableUpload) -> list[str]:
     parts: list[str] = json.loads(upload.parts)
     return parts
+
+
+def fragments_of(upload: ResumableUpload) -> list[Fragment]:
+    """The parked tail the record names. A record written before 0008 (`tail_fragments`
+    null) has at most one tail object, `tail_key` of `tail_size` bytes."""
+    return _fragments(upload.tail_fragments, upload.tail_key, upload.tail_size)
+
+
+def _fragments(listed: str | None, key: str | None, size: int) -> list[Fragment]:
+    if listed is None:
+        return [Fragment(key, size)] if key else []
+    return [Fragment(str(k), int(n)) for k, n in json.loads(listed)]
+
+
+def tail_values(tail: Sequence[Fragment]) -> dict[str, Any]:
+    """The columns of a parked tail. `tail_key` is the first fragment and `tail_size` the
+    sum of all of them: a one-fragment tail reads exactly as the old single tail did, and
+    code that only knows `tail_key` fails loudly (a short read) on a longer list instead
+    of resuming from the wrong bytes."""
+    return {
+        "tail_fragments": json.dumps([[f.key, f.size] for f in tail]),
+        "tail_key": tail[0].key if tail else None,
+        "tail_size": sum(f.size for f in tail),
+    }
 
 
 class ResumableRepository:
@@ -106,8 +145,7 @@ class ResumableRepository:
                 upload_offset=progress.offset,
                 upload_length=progress.length,
                 parts=json.dumps(list(progress.etags)),
-                tail_key=progress.tail_key,
-                tail_size=progress.tail_size,
+                **tail_values(progress.tail),
                 expires_at=progress.expires_at,
                 lease_token=None,
                 lease_expires_at=None,
@@ -155,8 +193,7 @@ class ResumableRepository:
                 upload_length=length,
                 parts="[]",
                 multipart_id=None,
-                tail_key=None,
-                tail_size=0,
+                **tail_values(()),
                 expires_at=expires_at,
                 lease_token=None,
                 lease_expires_at=None,
@@ -209,17 +246,18 @@ class ResumableRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def live(
-        self, upload_ids: Sequence[str], *, now: datetime
-    ) -> dict[str, tuple[str | None, str | None, bool]]:
-        """Of these ids, the unfinished uploads: id -> (multipart id, tail key, leased)."""
+    async def live(self, upload_ids: Sequence[str], *, now: datetime) -> dict[str, LiveUpload]:
+        """Of these ids, the unfinished uploads: id -> its multipart id, the keys of every
+        fragment of its parked tail, and whether a PATCH holds its lease."""
         if not upload_ids:
             return {}
         result = await self.session.execute(
             select(
                 ResumableUpload.id,
                 ResumableUpload.multipart_id,
+                ResumableUpload.tail_fragments,
                 ResumableUpload.tail_key,
+                ResumableUpload.tail_size,
                 ResumableUpload.lease_token,
                 ResumableUpload.lease_expires_at,
             ).where(
@@ -228,9 +266,11 @@ class ResumableRepository:
             )
         )
         return {
-            row.id: (
+            row.id: LiveUpload(
                 row.multipart_id,
-                row.tail_key,
+                frozenset(
+                    f.key for f in _fragments(row.tail_fragments, row.tail_key, row.tail_size)
+                ),
                 row.lease_token is not None
                 and row.lease_expires_at is not None
                 and row.lease_expires_at >= now,

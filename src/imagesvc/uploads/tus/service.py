@@ -62,7 +62,12 @@ from imagesvc.uploads.tus.protocol import (
     UploadLocked,
 )
 from imagesvc.uploads.tus.receiver import Lease, Receiver, Start
-from imagesvc.uploads.tus.repository import Progress, ResumableRepository, etags_of
+from imagesvc.uploads.tus.repository import (
+    Progress,
+    ResumableRepository,
+    etags_of,
+    fragments_of,
+)
 from imagesvc.uploads.tus.state import (
     Body,
     ChunkCut,
@@ -157,6 +162,7 @@ class ResumableService:
             upload_metadata=creation.metadata_header,
             multipart_id=None,
             parts="[]",
+            tail_fragments="[]",
             tail_key=None,
             tail_size=0,
             lease_token=None,
@@ -262,7 +268,7 @@ class ResumableService:
                 chain=self._chain(upload_id, start.offset),
             )
             try:
-                await receiver.load_tail()
+                await receiver.probe_tail()
                 await receiver.receive(body.chunks)
                 if body.cut() and checksum is not None:
                     raise ChunkCut()
@@ -360,8 +366,7 @@ class ResumableService:
             length=known,
             etags=etags_of(upload),
             multipart_id=upload.multipart_id,
-            tail_key=upload.tail_key,
-            tail_size=upload.tail_size,
+            tail=tuple(fragments_of(upload)),
             info=info_of(image),
         )
 
@@ -369,14 +374,13 @@ class ResumableService:
         self, upload: ResumableUpload, image: Image, receiver: Receiver, token: str
     ) -> UploadState:
         content_type = receiver.info.format.content_type if receiver.info else ""
-        tail_key, tail_size = await receiver.park(content_type=content_type)
+        tail = await receiver.park(content_type=content_type)
         now = utcnow()
         progress = Progress(
             offset=receiver.offset,
             length=receiver.start.length,
             etags=receiver.etags,
-            tail_key=tail_key,
-            tail_size=tail_size,
+            tail=tail,
             expires_at=now + self.expiry,
         )
         newly_probed = receiver.info is not None and receiver.start.info is None
@@ -396,8 +400,9 @@ class ResumableService:
         receiver.new_tail = None  # committed: it is the row's now
         if receiver.chain is not None:
             self.chains.put(upload.id, (progress.offset, receiver.chain))
-        if upload.tail_key and upload.tail_key != tail_key:
-            await self.cleanup.delete_quietly(upload.tail_key)
+        # Fragments read into a part are named no more (gc would find any left).
+        kept = {fragment.key for fragment in tail}
+        await self.cleanup.delete_quietly([f.key for f in receiver.start.tail if f.key not in kept])
         return UploadState(
             id=upload.id,
             offset=progress.offset,
