@@ -31,9 +31,8 @@ sys.path.insert(0, str(ROOT))
 from tests.memory import MIB, Batch, growth_during, warm_up  # noqa: E402
 from tests.services import (  # noqa: E402
     BIN,
-    S3_ACCESS_KEY,
-    S3_SECRET_KEY,
     create_key,
+    s3_env,
     start_imagesvc,
     start_rclone,
 )
@@ -52,13 +51,7 @@ SCENARIOS = [
 def measure(work: Path, endpoint: str, scenario: Batch, concurrency: int) -> int:
     db = work / f"db-{os.urandom(4).hex()}.sqlite"
     env = {
-        "IMAGESVC_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
-        "IMAGESVC_STORAGE_BACKEND": "s3",
-        "IMAGESVC_S3_BUCKET": BUCKET,
-        "IMAGESVC_S3_ENDPOINT_URL": endpoint,
-        "IMAGESVC_S3_ACCESS_KEY_ID": S3_ACCESS_KEY,
-        "IMAGESVC_S3_SECRET_ACCESS_KEY": S3_SECRET_KEY,
-        "IMAGESVC_S3_ADDRESSING_STYLE": "path",
+        **s3_env(f"sqlite+aiosqlite:///{db}", endpoint, BUCKET),
         "IMAGESVC_S3_PART_SIZE": str(PART),
         "IMAGESVC_S3_UPLOAD_CONCURRENCY": str(concurrency),
         "IMAGESVC_MAX_UPLOAD_BYTES": str(64 * MIB),

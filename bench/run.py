@@ -54,6 +54,7 @@ from tests.services import (  # noqa: E402
     create_key,
     free_port,
     http_answers,
+    s3_env,
     start_imagesvc,
     start_rclone,
     throwaway_mariadb,
@@ -117,13 +118,7 @@ def services(work: Path) -> Iterator[tuple[MariaDB, str]]:
 
 def imagesvc_env(database: MariaDB, endpoint: str, **extra: str) -> dict[str, str]:
     env = {
-        "IMAGESVC_DATABASE_URL": database.url,
-        "IMAGESVC_STORAGE_BACKEND": "s3",
-        "IMAGESVC_S3_BUCKET": BUCKET,
-        "IMAGESVC_S3_ENDPOINT_URL": endpoint,
-        "IMAGESVC_S3_ACCESS_KEY_ID": S3_ACCESS_KEY,
-        "IMAGESVC_S3_SECRET_ACCESS_KEY": S3_SECRET_KEY,
-        "IMAGESVC_S3_ADDRESSING_STYLE": "path",
+        **s3_env(database.url, endpoint, BUCKET),
         "IMAGESVC_S3_PART_SIZE": str(PART),
         "IMAGESVC_MAX_UPLOAD_BYTES": str(512 * MIB),
         "IMAGESVC_MAX_PIXELS": "100000000",
@@ -166,7 +161,10 @@ async def upload_through_service(
     return elapsed
 
 
-async def upload_direct(endpoint: str, payload: bytes) -> float:
+async def upload_direct(endpoint: str, payload: bytes, *, concurrency: int = 2) -> float:
+    """The baseline: the same bytes uploaded with aioboto3's `upload_fileobj`. imagesvc
+    keeps one part filling while one is in flight: concurrency 2. A tus client's PATCHes
+    allow no overlap at all: concurrency 1 (bench/tus.py)."""
     config = AioConfig(
         signature_version="s3v4",
         s3={"addressing_style": "path"},
@@ -182,14 +180,14 @@ async def upload_direct(endpoint: str, payload: bytes) -> float:
         aws_secret_access_key=S3_SECRET_KEY,
         config=config,
     ) as s3:
-        # imagesvc keeps one part filling while one is in flight: concurrency 2.
         transfer = TransferConfig(
-            multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=2
+            multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=concurrency
         )
+        key = f"direct/object-{concurrency}"
         started = time.perf_counter()
-        await s3.upload_fileobj(io.BytesIO(payload), BUCKET, "direct/object", Config=transfer)
+        await s3.upload_fileobj(io.BytesIO(payload), BUCKET, key, Config=transfer)
         elapsed = time.perf_counter() - started
-        await s3.delete_object(Bucket=BUCKET, Key="direct/object")
+        await s3.delete_object(Bucket=BUCKET, Key=key)
     return elapsed
 
 

@@ -15,52 +15,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import aioboto3
 import httpx
-from aiobotocore.config import AioConfig
-from boto3.s3.transfer import TransferConfig
-from run import BUCKET, MIB, PART, imagesvc_env, jpeg, machine, services, upload_direct
+from run import MIB, PART, imagesvc_env, jpeg, machine, services, upload_direct
 from variants import PeakRss
 
-from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY, create_key, start_imagesvc
+from tests.services import create_key, start_imagesvc
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- tus:begin -->", "<!-- tus:end -->"
 TUS = {"Tus-Resumable": "1.0.0"}
-
-
-async def upload_direct_sequential(endpoint: str, payload: bytes) -> float:
-    """The same bytes as one part after the other (concurrency 1): what a tus client's
-    sequence of PATCHes allows, since each must be stored before the next is sent."""
-    config = AioConfig(
-        signature_version="s3v4",
-        s3={"addressing_style": "path"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    async with aioboto3.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY,
-        config=config,
-    ) as s3:
-        transfer = TransferConfig(
-            multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=1
-        )
-        started = time.perf_counter()
-        await s3.upload_fileobj(io.BytesIO(payload), BUCKET, "direct/sequential", Config=transfer)
-        elapsed = time.perf_counter() - started
-        await s3.delete_object(Bucket=BUCKET, Key="direct/sequential")
-    return elapsed
 
 
 async def upload_tus(url: str, auth: str, payload: bytes, chunk: int) -> float:
@@ -105,7 +74,9 @@ def main() -> None:
             times: dict[str, list[float]] = {"direct": [], "sequential": [], "8": [], "1": []}
             for _ in range(rounds):  # interleaved: each round measures all four
                 times["direct"].append(asyncio.run(upload_direct(endpoint, payload)))
-                times["sequential"].append(asyncio.run(upload_direct_sequential(endpoint, payload)))
+                times["sequential"].append(
+                    asyncio.run(upload_direct(endpoint, payload, concurrency=1))
+                )
                 times["8"].append(asyncio.run(upload_tus(url, auth, payload, 8 * MIB)))
                 times["1"].append(asyncio.run(upload_tus(url, auth, payload, MIB)))
             rate = {k: len(payload) / MIB / statistics.median(v) for k, v in times.items()}

@@ -299,6 +299,20 @@ def start_redis(log_dir: Path) -> tuple[Process, str]:
     return process, f"redis://127.0.0.1:{port}/0"
 
 
+def s3_env(database_url: str, endpoint: str, bucket: str) -> dict[str, str]:
+    """The environment of a server process on an S3 store (rclone or moto here): callers
+    add their prefix, part size and limits."""
+    return {
+        "IMAGESVC_DATABASE_URL": database_url,
+        "IMAGESVC_STORAGE_BACKEND": "s3",
+        "IMAGESVC_S3_BUCKET": bucket,
+        "IMAGESVC_S3_ENDPOINT_URL": endpoint,
+        "IMAGESVC_S3_ACCESS_KEY_ID": S3_ACCESS_KEY,
+        "IMAGESVC_S3_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+        "IMAGESVC_S3_ADDRESSING_STYLE": "path",
+    }
+
+
 def start_imagesvc(
     log_dir: Path, env: Mapping[str, str], *, workers: int = 1
 ) -> tuple[Process, str]:

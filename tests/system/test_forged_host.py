@@ -15,11 +15,10 @@ import pytest
 from tests.conftest import mysql_url
 from tests.samples import jpeg
 from tests.services import (
-    S3_ACCESS_KEY,
-    S3_SECRET_KEY,
     MariaDB,
     Process,
     create_key,
+    s3_env,
     start_imagesvc,
 )
 
@@ -36,13 +35,7 @@ def server(
 ) -> Iterator[tuple[str, str]]:
     _, endpoint = rclone
     env = {
-        "IMAGESVC_DATABASE_URL": mysql_url(mariadb),
-        "IMAGESVC_STORAGE_BACKEND": "s3",
-        "IMAGESVC_S3_BUCKET": "imagesvc-rclone",
-        "IMAGESVC_S3_ENDPOINT_URL": endpoint,
-        "IMAGESVC_S3_ACCESS_KEY_ID": S3_ACCESS_KEY,
-        "IMAGESVC_S3_SECRET_ACCESS_KEY": S3_SECRET_KEY,
-        "IMAGESVC_S3_ADDRESSING_STYLE": "path",
+        **s3_env(mysql_url(mariadb), endpoint, "imagesvc-rclone"),
         "IMAGESVC_S3_KEY_PREFIX": "host/",
     }
     process, url = start_imagesvc(tmp_path_factory.mktemp("forged-host"), env)

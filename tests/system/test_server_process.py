@@ -23,11 +23,10 @@ from imagesvc.config import MIB
 from tests.conftest import boto_client, mysql_url
 from tests.samples import jpeg
 from tests.services import (
-    S3_ACCESS_KEY,
-    S3_SECRET_KEY,
     MariaDB,
     Process,
     create_key,
+    s3_env,
     start_imagesvc,
 )
 
@@ -41,13 +40,7 @@ def server(
 ) -> Iterator[tuple[Process, str, dict[str, str]]]:
     _, endpoint = rclone
     env = {
-        "IMAGESVC_DATABASE_URL": mysql_url(mariadb),
-        "IMAGESVC_STORAGE_BACKEND": "s3",
-        "IMAGESVC_S3_BUCKET": BUCKET,
-        "IMAGESVC_S3_ENDPOINT_URL": endpoint,
-        "IMAGESVC_S3_ACCESS_KEY_ID": S3_ACCESS_KEY,
-        "IMAGESVC_S3_SECRET_ACCESS_KEY": S3_SECRET_KEY,
-        "IMAGESVC_S3_ADDRESSING_STYLE": "path",
+        **s3_env(mysql_url(mariadb), endpoint, BUCKET),
         "IMAGESVC_S3_KEY_PREFIX": PREFIX,
         "IMAGESVC_S3_PART_SIZE": str(8 * MIB),
         "IMAGESVC_MAX_UPLOAD_BYTES": str(512 * MIB),

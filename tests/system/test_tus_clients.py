@@ -27,11 +27,10 @@ from imagesvc.config import MIB
 from tests.conftest import boto_client, mysql_url
 from tests.samples import jpeg
 from tests.services import (
-    S3_ACCESS_KEY,
-    S3_SECRET_KEY,
     MariaDB,
     Process,
     create_key,
+    s3_env,
     start_imagesvc,
 )
 
@@ -83,13 +82,7 @@ def _env(backend: str, workdir: Path, mariadb: MariaDB | str, rclone_url: str) -
         return env
     return {
         **common,
-        "IMAGESVC_DATABASE_URL": mysql_url(mariadb),
-        "IMAGESVC_STORAGE_BACKEND": "s3",
-        "IMAGESVC_S3_BUCKET": BUCKET,
-        "IMAGESVC_S3_ENDPOINT_URL": rclone_url,
-        "IMAGESVC_S3_ACCESS_KEY_ID": S3_ACCESS_KEY,
-        "IMAGESVC_S3_SECRET_ACCESS_KEY": S3_SECRET_KEY,
-        "IMAGESVC_S3_ADDRESSING_STYLE": "path",
+        **s3_env(mysql_url(mariadb), rclone_url, BUCKET),
         "IMAGESVC_S3_KEY_PREFIX": "tus-clients/",
     }
 

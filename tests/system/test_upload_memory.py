@@ -14,11 +14,10 @@ import pytest
 from tests.conftest import mysql_url
 from tests.memory import MIB, Batch, growth_during, warm_up
 from tests.services import (
-    S3_ACCESS_KEY,
-    S3_SECRET_KEY,
     MariaDB,
     Process,
     create_key,
+    s3_env,
     start_imagesvc,
 )
 
@@ -34,13 +33,7 @@ def fresh_server(
     allocator's heap and would hide this batch's growth."""
     _, endpoint = rclone
     env = {
-        "IMAGESVC_DATABASE_URL": mysql_url(mariadb),
-        "IMAGESVC_STORAGE_BACKEND": "s3",
-        "IMAGESVC_S3_BUCKET": "imagesvc-rclone",
-        "IMAGESVC_S3_ENDPOINT_URL": endpoint,
-        "IMAGESVC_S3_ACCESS_KEY_ID": S3_ACCESS_KEY,
-        "IMAGESVC_S3_SECRET_ACCESS_KEY": S3_SECRET_KEY,
-        "IMAGESVC_S3_ADDRESSING_STYLE": "path",
+        **s3_env(mysql_url(mariadb), endpoint, "imagesvc-rclone"),
         "IMAGESVC_S3_KEY_PREFIX": "memory/",
         "IMAGESVC_S3_PART_SIZE": str(PART),
         "IMAGESVC_MAX_UPLOAD_BYTES": str(64 * MIB),
