@@ -40,7 +40,9 @@ from imagesvc.storage.port import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-READ_CHUNK = 256 * 1024
+# Each chunk is one thread hop; a render reads its whole source (a few MiB) this way, and
+# 256 KiB chunks made that read cost as much CPU as a SQL transaction (bench/NOTES.md).
+READ_CHUNK = 1024 * 1024
 # Writes are gathered into blocks this large so one thread hop carries a useful amount.
 WRITE_BLOCK = 1024 * 1024
 INCOMING = ".incoming"
@@ -77,10 +79,13 @@ class LocalObjectStore:
         self, key: str, *, content_type: str, size: int | None = None
     ) -> _LocalWriter:
         final = self.path_of(key)
-        # The key is in the temp name so the reconciler can tell whose upload it is.
-        temp = self.root / INCOMING / f"{quote(key, safe='')}.{uuid.uuid4().hex}.part"
+        temp = self._temp_path(key)
         handle = await _io(_open_exclusive, temp)
         return _LocalWriter(handle, temp, final)
+
+    def _temp_path(self, key: str) -> Path:
+        # The key is in the temp name so the reconciler can tell whose upload it is.
+        return self.root / INCOMING / f"{quote(key, safe='')}.{uuid.uuid4().hex}.part"
 
     async def open_read(self, key: str, byte_range: ByteRange | None = None) -> ObjectStream:
         path = self.path_of(key)
@@ -232,13 +237,10 @@ class LocalObjectStore:
     # --- resumable uploads: S3's multipart protocol over files ------------------------------
 
     async def put_object(self, key: str, body: bytes, *, content_type: str) -> None:
-        writer = await self.open_write(key, content_type=content_type)
-        try:
-            await writer.write(body)
-            await writer.complete()
-        except BaseException:
-            await writer.abort()
-            raise
+        # The whole write in one thread hop (open, write, fsync, rename): renders and tail
+        # fragments are whole in memory, and each hop costs ~0.3 ms of event-loop CPU.
+        # The thread is not abandoned on cancellation, so the temp file never outlives it.
+        await _io(_write_whole, self._temp_path(key), self.path_of(key), body)
 
     def _parts_dir(self, key: str, upload_id: str) -> Path:
         if not upload_id.isalnum():  # ours are uuid hex; never a path
@@ -337,6 +339,19 @@ def _open_binary(path: Path) -> BinaryIO:
 
 def _open_exclusive(path: Path) -> BinaryIO:
     return path.open("xb")
+
+
+def _write_whole(temp: Path, final: Path, body: bytes) -> None:
+    try:
+        with temp.open("xb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 class _LocalWriter:

@@ -8,10 +8,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, and_, bindparam, delete, select, update
 
-from imagesvc.db import Tx
+from imagesvc.db import Database, Tx
 from imagesvc.images.models import Variant, VariantStatus
+
+_variants: Table = Variant.__table__  # type: ignore[assignment]
+_KEY = and_(
+    _variants.c.image_id == bindparam("key_image_id"),
+    _variants.c.box_width == bindparam("key_box_width"),
+    _variants.c.box_height == bindparam("key_box_height"),
+    _variants.c.fit == bindparam("key_fit"),
+    _variants.c.format == bindparam("key_format"),
+)
+# Built once, values as execution parameters: every variant request reads a row, and every
+# render marks one ready; building and hashing these statements per call cost more CPU
+# than running them (measured, bench/NOTES.md "Renders").
+_BY_KEY = select(_variants).where(_KEY)
+_MARK_READY = update(_variants).where(
+    _KEY,
+    _variants.c.status == VariantStatus.RENDERING.value,
+    _variants.c.storage_key == bindparam("claimed_key"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +40,16 @@ class VariantKey:
     fit: str
     format: str
 
+    def params(self) -> dict[str, Any]:
+        # Not the column names: an UPDATE reserves those for its SET clause.
+        return {
+            "key_image_id": self.image_id,
+            "key_box_width": self.box_width,
+            "key_box_height": self.box_height,
+            "key_fit": self.fit,
+            "key_format": self.format,
+        }
+
     def where(self) -> tuple[Any, ...]:
         return (
             Variant.image_id == self.image_id,
@@ -30,6 +58,13 @@ class VariantKey:
             Variant.fit == self.fit,
             Variant.format == self.format,
         )
+
+
+async def variant_by_key(db: Database, key: VariantKey) -> Variant | None:
+    """The row of one rendition, in any state: one prepared Core read, no session (every
+    variant request starts with it)."""
+    row = await db.fetch_one(_BY_KEY, key.params())
+    return None if row is None else Variant(**row._mapping)
 
 
 class VariantRepository:
@@ -79,13 +114,8 @@ class VariantRepository:
 
     async def mark_ready(self, key: VariantKey, storage_key: str, **facts: object) -> bool:
         result = await self.session.execute(
-            update(Variant)
-            .where(
-                *key.where(),
-                Variant.status == VariantStatus.RENDERING,
-                Variant.storage_key == storage_key,
-            )
-            .values(status=VariantStatus.READY, **facts)
+            _MARK_READY,  # the parameters other than the key's form the SET clause
+            {**key.params(), "claimed_key": storage_key, "status": VariantStatus.READY, **facts},
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -40,7 +40,7 @@ from imagesvc.serving.disposition import variant_download_name
 from imagesvc.storage.layout import KeyLayout
 from imagesvc.storage.port import ObjectMissing, ObjectStore, StorageUnavailable, read_object
 from imagesvc.variants.policy import VariantPolicy, choose_format
-from imagesvc.variants.repository import VariantKey, VariantRepository
+from imagesvc.variants.repository import VariantKey, VariantRepository, variant_by_key
 
 log = logging.getLogger(__name__)
 # How long a request waits for a render claimed by another process.
@@ -123,7 +123,7 @@ class VariantService:
         )
 
     async def _ready(self, image: Image, key: VariantKey) -> Variant:
-        existing = await self.db.read(lambda tx: VariantRepository(tx).get(key))
+        existing = await variant_by_key(self.db, key)
         if existing is not None and existing.status == VariantStatus.READY:
             return existing
         task = self._in_flight.get(key)
@@ -207,14 +207,12 @@ class VariantService:
                 raise
             RENDER_SECONDS.labels(key.format).observe(time.perf_counter() - started)
             RENDERS.labels(key.format, "rendered").inc()
-            writer = await self.store.open_write(storage_key, content_type=rendered.content_type)
-            try:
-                await writer.write(rendered.data)
-                written = True
-                await writer.complete()
-            except BaseException:
-                await writer.abort()
-                raise
+            # From here on the object may exist (a failed put may still have landed), so a
+            # failure below removes it once no row names it.
+            written = True
+            await self.store.put_object(
+                storage_key, rendered.data, content_type=rendered.content_type
+            )
             facts: dict[str, Any] = {
                 "content_type": rendered.content_type,
                 "width": rendered.width,
