@@ -16,7 +16,10 @@ missing. Three things are measured, each case in a fresh process:
   renders by the server's own imagesvc_renders_total;
 - imagesvc's render function in-process, exactly as bench/variants.py measures it.
 
-Every response is checked to decode to the expected size and format.
+Every response is checked to decode to the expected size and format. The last lines are one
+per cell for bench/run.py to read (the table is for people):
+
+    RESULT case=1024-webp clients=2 thumbor=6.900 http=13.200 render=15.500
 """
 
 from __future__ import annotations
@@ -437,6 +440,7 @@ def main() -> None:
         )
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         samples: dict[str, tuple[bytes, bytes]] = {}
+        results: list[str] = []
         for case in variants.CASES:
             for clients in (1, 2):
                 theirs = run_thumbor(python, work, case, clients, args.seconds)
@@ -449,6 +453,10 @@ def main() -> None:
                     f"{func['rate'] / theirs.rate:.2f}x | {theirs.rss_growth_mb:.0f} | "
                     f"{ours.rss_growth_mb:.0f} | {func['rss_growth_mb']:.0f} |",
                     flush=True,
+                )
+                results.append(
+                    f"RESULT case={case} clients={clients} thumbor={theirs.rate:.3f} "
+                    f"http={ours.rate:.3f} render={func['rate']:.3f}"
                 )
         print("\nthumbor with RESPECT_ORIENTATION=False (sideways output; for reference only):")
         for case in variants.CASES:
@@ -465,6 +473,7 @@ def main() -> None:
             "rendered before\n(read source, render, store, record, serve), verified against "
             "imagesvc_renders_total. imagesvc render(): in-process, as bench/variants.py."
         )
+        print("\n" + "\n".join(results))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
