@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from imagesvc.db import Database, DuplicateKey, utcnow
-from imagesvc.images.models import Variant, VariantStatus
+from imagesvc.images.models import VariantStatus
 from imagesvc.variants.repository import VariantKey, VariantRepository
 
 KEY = VariantKey("img_01JDQ3Y4X9T8ZK5W2N6M7P0R1S", 64, 64, "cover", "webp")
@@ -16,13 +16,13 @@ LEASE = timedelta(seconds=60)
 
 
 async def claim(
-    db: Database, storage_key: str, *, now_offset: float = 0
+    db: Database, storage_key: str, *, now_offset: float = 0, absent: bool = False
 ) -> tuple[bool, str | None]:
     now = utcnow() + timedelta(seconds=now_offset)
 
     async def work(tx: object) -> tuple[bool, str | None]:
         won, row = await VariantRepository(tx).claim(  # type: ignore[arg-type]
-            KEY, storage_key=storage_key, now=now, stale_before=now - LEASE
+            KEY, storage_key=storage_key, now=now, stale_before=now - LEASE, absent=absent
         )
         return won, None if row is None else row.status
 
@@ -35,28 +35,16 @@ async def test_the_first_claim_renders_and_the_others_wait(unit_db: Database) ->
 
 
 async def test_a_second_first_claim_meets_the_primary_key(unit_db: Database) -> None:
-    """Two processes that both found no row both INSERT: the second INSERT reaches the
-    service as DuplicateKey (it then looks again), never as a 500."""
-    assert (await claim(unit_db, "k/a"))[0]
-
-    async def insert_again(tx: object) -> None:
-        now = utcnow()
-        tx.add(  # type: ignore[attr-defined]  # what claim() inserts when it saw no row
-            Variant(
-                image_id=KEY.image_id,
-                box_width=KEY.box_width,
-                box_height=KEY.box_height,
-                fit=KEY.fit,
-                format=KEY.format,
-                status=VariantStatus.RENDERING,
-                storage_key="k/b",
-                created_at=now,
-                updated_at=now,
-            )
-        )
-
+    """Two processes that both found no row both INSERT (the service's first claim skips
+    the read when it has just seen no row): the second INSERT reaches the service as
+    DuplicateKey (it then looks again), never as a 500, and the first claim stands."""
+    assert await claim(unit_db, "k/a", absent=True) == (True, None)
     with pytest.raises(DuplicateKey):
-        await unit_db.run(insert_again)
+        await claim(unit_db, "k/b", absent=True)
+    assert await claim(unit_db, "k/c") == (False, VariantStatus.RENDERING)
+    row = await unit_db.read(lambda tx: VariantRepository(tx).get(KEY))
+    assert row is not None
+    assert row.storage_key == "k/a"
 
 
 async def test_a_claim_whose_renderer_went_quiet_is_taken_over(unit_db: Database) -> None:

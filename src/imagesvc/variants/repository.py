@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, select, update
+from sqlalchemy import Table, and_, bindparam, delete, insert, select, update
 
 from imagesvc.db import Database, Tx
 from imagesvc.images.models import Variant, VariantStatus
@@ -25,6 +25,7 @@ _KEY = and_(
 # render marks one ready; building and hashing these statements per call cost more CPU
 # than running them (measured, bench/NOTES.md "Renders").
 _BY_KEY = select(_variants).where(_KEY)
+_INSERT_CLAIM = insert(_variants)
 _MARK_READY = update(_variants).where(
     _KEY,
     _variants.c.status == VariantStatus.RENDERING.value,
@@ -79,27 +80,36 @@ class VariantRepository:
         ).scalar_one_or_none()
 
     async def claim(
-        self, key: VariantKey, *, storage_key: str, now: datetime, stale_before: datetime
+        self,
+        key: VariantKey,
+        *,
+        storage_key: str,
+        now: datetime,
+        stale_before: datetime,
+        absent: bool = False,
     ) -> tuple[bool, Variant | None]:
         """(True, None): ours to render. (False, row): ready, or being rendered by a live
         renderer. A claim whose renderer went quiet is taken over. A concurrent first
-        claim surfaces as DuplicateKey from the transaction: the caller looks again."""
-        row = await self.get(key)
+        claim surfaces as DuplicateKey from the transaction: the caller looks again.
+        `absent`: the caller has just read no row, so the INSERT goes first, alone."""
+        row = None if absent else await self.get(key)
         if row is None:
-            self.session.add(
-                Variant(
-                    image_id=key.image_id,
-                    box_width=key.box_width,
-                    box_height=key.box_height,
-                    fit=key.fit,
-                    format=key.format,
-                    status=VariantStatus.RENDERING,
-                    storage_key=storage_key,
-                    created_at=now,
-                    updated_at=now,
-                )
+            # Core, values as parameters: the ORM unit of work for this one row cost
+            # more CPU than the statement (every fresh variant makes it).
+            await self.session.execute(
+                _INSERT_CLAIM,
+                {
+                    "image_id": key.image_id,
+                    "box_width": key.box_width,
+                    "box_height": key.box_height,
+                    "fit": key.fit,
+                    "format": key.format,
+                    "status": VariantStatus.RENDERING,
+                    "storage_key": storage_key,
+                    "created_at": now,
+                    "updated_at": now,
+                },
             )
-            await self.session.flush()
             return True, None
         if row.status == VariantStatus.RENDERING and row.updated_at < stale_before:
             result = await self.session.execute(

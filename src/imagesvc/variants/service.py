@@ -16,6 +16,7 @@ import hashlib
 import logging
 import time
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from imagesvc.db import Database, DuplicateKey, Tx, utcnow
@@ -130,12 +131,12 @@ class VariantService:
         if task is None:
             # A task, not a plain await: a client that gives up does not cancel the render
             # that other requests for the same variant are waiting on.
-            task = asyncio.create_task(self._produce(image, key))
+            task = asyncio.create_task(self._produce(image, key, absent=existing is None))
             self._in_flight[key] = task
             task.add_done_callback(lambda _: self._in_flight.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _produce(self, image: Image, key: VariantKey) -> Variant:
+    async def _produce(self, image: Image, key: VariantKey, *, absent: bool) -> Variant:
         storage_key = self.layout.variant(
             image.id,
             (key.box_width, key.box_height),
@@ -146,8 +147,13 @@ class VariantService:
         delay = 0.05
         while True:
             try:
-                claimed, row = await self.db.run(lambda tx: self._claim(tx, key, storage_key))
+                claimed, row = await self.db.run(
+                    partial(self._claim, key=key, storage_key=storage_key, absent=absent)
+                )
             except DuplicateKey:
+                if absent:  # a row appeared since our read: look at it, at once
+                    absent = False
+                    continue
                 claimed, row = False, None  # another process claimed it this instant
             if claimed:
                 return await self._render(image, key, storage_key)
@@ -161,11 +167,11 @@ class VariantService:
             delay = min(delay * 2, 0.5)
 
     async def _claim(
-        self, tx: Tx, key: VariantKey, storage_key: str
+        self, tx: Tx, *, key: VariantKey, storage_key: str, absent: bool
     ) -> tuple[bool, Variant | None]:
         now = utcnow()
         return await VariantRepository(tx).claim(
-            key, storage_key=storage_key, now=now, stale_before=now - self.lease
+            key, storage_key=storage_key, now=now, stale_before=now - self.lease, absent=absent
         )
 
     async def drain(self, within: float) -> None:
