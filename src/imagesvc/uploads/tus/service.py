@@ -314,12 +314,12 @@ class ResumableService:
             won = await uploads.claim(
                 owner, upload_id, offset=offset, token=token, now=now, until=until
             )
-            upload = await uploads.get_for_owner(owner, upload_id)
-            if upload is None or await _image_gone(tx, upload):
+            found = await uploads.with_pending_image(owner, upload_id)
+            if found is None or await _image_gone(tx, found[0]):
                 raise NotFound(f"no upload {upload_id}")
+            upload, image = found
             if not won:
                 raise self._why_not(upload, offset, now)
-            image = await ImageRepository(tx).pending(upload_id)
             if image is None:  # cannot happen: both rows go together
                 raise NotFound(f"no upload {upload_id}")
             return upload, image
