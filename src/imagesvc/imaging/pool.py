@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from imagesvc.errors import ProblemError
+from imagesvc.imaging.memory import keep_render_buffers
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -24,6 +25,7 @@ class RendersBusy(ProblemError):
 
 class RenderPool:
     def __init__(self, workers: int, queue: int) -> None:
+        keep_render_buffers()  # see imaging/memory.py: once per process
         self.workers = workers
         self.capacity = workers + queue
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="imagesvc-render")
