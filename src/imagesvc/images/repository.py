@@ -198,12 +198,6 @@ class ImageRepository:
 
     # --- resumable uploads (uploads/tus/) -------------------------------------------------------
 
-    async def pending(self, image_id: str) -> Image | None:
-        result = await self.session.execute(
-            select(Image).where(Image.id == image_id, Image.status == ImageStatus.PENDING)
-        )
-        return result.scalar_one_or_none()
-
     async def set_header(
         self, image_id: str, *, content_type: str, width: int, height: int, frames: int
     ) -> None:

@@ -51,15 +51,6 @@ class VariantKey:
             "key_format": self.format,
         }
 
-    def where(self) -> tuple[Any, ...]:
-        return (
-            Variant.image_id == self.image_id,
-            Variant.box_width == self.box_width,
-            Variant.box_height == self.box_height,
-            Variant.fit == self.fit,
-            Variant.format == self.format,
-        )
-
 
 async def variant_by_key(db: Database, key: VariantKey) -> Variant | None:
     """The row of one rendition, in any state: one prepared Core read, no session (every
@@ -76,7 +67,7 @@ class VariantRepository:
 
     async def get(self, key: VariantKey) -> Variant | None:
         return (
-            await self.session.execute(select(Variant).where(*key.where()))
+            await self.session.execute(select(Variant).where(_KEY), key.params())
         ).scalar_one_or_none()
 
     async def claim(
@@ -113,10 +104,10 @@ class VariantRepository:
             return True, None
         if row.status == VariantStatus.RENDERING and row.updated_at < stale_before:
             result = await self.session.execute(
-                update(Variant)
-                .where(*key.where(), Variant.updated_at == row.updated_at)
-                .values(storage_key=storage_key, updated_at=now)
-                .execution_options(synchronize_session=False)
+                update(_variants)
+                .where(_KEY, _variants.c.updated_at == row.updated_at)
+                .values(storage_key=storage_key, updated_at=now),
+                key.params(),
             )
             if result.rowcount:  # type: ignore[attr-defined]
                 return True, None
@@ -135,11 +126,12 @@ class VariantRepository:
         was taken over; False when the row is ready with our object (a commit we did not
         hear of), which must then stay."""
         await self.session.execute(
-            delete(Variant).where(
-                *key.where(),
-                Variant.status == VariantStatus.RENDERING,
-                Variant.storage_key == storage_key,
-            )
+            delete(_variants).where(
+                _KEY,
+                _variants.c.status == VariantStatus.RENDERING.value,
+                _variants.c.storage_key == storage_key,
+            ),
+            key.params(),
         )
         row = await self.get(key)
         return row is None or row.storage_key != storage_key
@@ -147,7 +139,8 @@ class VariantRepository:
     async def forget_ready(self, key: VariantKey, storage_key: str) -> None:
         """A ready rendition whose object is gone: drop the row (only that exact one)."""
         await self.session.execute(
-            delete(Variant).where(*key.where(), Variant.storage_key == storage_key)
+            delete(_variants).where(_KEY, _variants.c.storage_key == storage_key),
+            key.params(),
         )
 
     async def stale(self, *, before: datetime, limit: int) -> Sequence[Variant]:
