@@ -5,13 +5,13 @@ bulk of the server's memory under concurrent uploads).
 - `ChunksBody`: one buffered part, kept as the chunks it arrived in. Joining them would copy
   the part; and a single `bytes` of a whole part handed to the HTTP client is written to
   the socket in one call, so the transport keeps a second copy of whatever the socket could
-  not take at once. botocore reads the body through `read`/`seek`/`tell` to sign the
-  payload and to rewind it for a retry; aiohttp sends it chunk by chunk (`__aiter__`), and
-  waits for the socket between chunks.
+  not take at once. botocore rewinds it (`seek`/`tell`) for a retry; aiohttp sends it
+  chunk by chunk (`__aiter__`), and waits for the socket between chunks. Payloads go
+  unsigned (storage/s3.py), so nothing hashes or reads it ahead.
 - `PipeBody`: a body pulled from the upload as it arrives (a single PutObject whose length
   the client declared), through a one-chunk hand-off: nothing of it is buffered. It cannot
-  be rewound once sending began, so such a request is not retried, and it cannot be
-  hashed in advance, so it is sent with an unsigned payload (see storage/s3.py).
+  be rewound once sending began, so such a request is not retried; a signed payload, which
+  needs the whole body hashed before sending, is impossible for it.
 
 Neither imports an SDK: the HTTP client sees an async iterable with a length.
 """
@@ -52,8 +52,9 @@ class ChunksBody:
         return index, self._position - self._starts[index]
 
     def read(self, size: int = -1) -> bytes:
-        """Only botocore's payload signing reads this way (in 1 MiB steps); the bytes read
-        are short-lived copies, the chunks stay as they are."""
+        """botocore accepts only bytes or file-like bodies (ones with `read`). With unsigned
+        payloads it never calls this (checked against rclone); a signed payload would read
+        through it in 1 MiB steps: short-lived copies, the chunks stay as they are."""
         end = self._size if size is None or size < 0 else min(self._size, self._position + size)
         if end <= self._position:
             return b""
@@ -103,7 +104,7 @@ class PipeBody:
 
     def read(self, size: int = -1) -> bytes:
         # botocore takes only bytes or "file-like" bodies (ones with `read`); it reads one
-        # only to hash a signed payload, and this body is always sent unsigned.
+        # only to hash a signed payload, and payloads are sent unsigned (storage/s3.py).
         raise io.UnsupportedOperation("a streamed body is sent, never read")
 
     def room_for(self, length: int) -> bool:

@@ -1,11 +1,12 @@
 """S3 adapter over aioboto3 (with s3_writer.py and s3_calls.py, the only modules that import
 aioboto3/botocore).
 
-One client per process, opened and closed by the app lifespan. Every call is SigV4-signed, has
-connect/read timeouts and botocore's "standard" retries (exponential backoff on throttling,
-5xx and dropped connections; every call we make is safe to repeat because each upload writes
-a fresh key). Failures are translated here into the port's `StorageUnavailable` /
-`ObjectMissing`, so no botocore type leaks upward.
+One client per process, opened and closed by the app lifespan. Every call is SigV4-signed
+(its headers; bodies go as UNSIGNED-PAYLOAD, see `start`), has connect/read timeouts and
+botocore's "standard" retries (exponential backoff on throttling, 5xx and dropped
+connections; every call we make is safe to repeat because each upload writes a fresh key).
+Failures are translated here into the port's `StorageUnavailable` / `ObjectMissing`, so no
+botocore type leaks upward.
 """
 
 from __future__ import annotations
@@ -73,12 +74,6 @@ class S3ObjectStore:
         self.options = options
         self._stack = AsyncExitStack()
         self._client: S3Client | None = None
-        # Sends the streamed PutObjects and UploadParts (storage/bodies.py PipeBody,
-        # storage/s3_stream.py) with UNSIGNED-PAYLOAD: SigV4 otherwise hashes the whole
-        # body before the first byte is sent, which a body still arriving from the client
-        # cannot offer. Everything else goes through
-        # `client`, payload signed as before.
-        self._stream_client: S3Client | None = None
         # (key, ttl, disposition) -> (the URL, when it was signed); kept for the first
         # quarter of its life.
         self._signed: TtlCache[tuple[str, int, str | None], tuple[str, float]] = TtlCache(
@@ -98,39 +93,46 @@ class S3ObjectStore:
     async def start(self) -> None:
         o = self.options
 
-        def config(**s3: object) -> AioConfig:
-            return AioConfig(
-                signature_version="s3v4",
-                s3={"addressing_style": o.addressing_style, **s3},
-                connect_timeout=o.connect_timeout,
-                read_timeout=o.read_timeout,
-                retries={"total_max_attempts": 3, "mode": "standard"},
-                max_pool_connections=o.max_pool_connections,
-                # botocore >= 1.36 stores a whole-object CRC32 with each PutObject and
-                # checks it on every read, which breaks ranged reads on servers that echo
-                # it (rclone). We verify size and sha256 ourselves, so only send checksums
-                # where S3 demands them.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            )
-
-        session = aioboto3.Session()
-        arguments: dict[str, Any] = {
-            "region_name": o.region,
-            "endpoint_url": o.endpoint_url,
-            "aws_access_key_id": o.access_key_id,
-            "aws_secret_access_key": o.secret_access_key,
-        }
-        self._client = await self._stack.enter_async_context(
-            session.client("s3", config=config(), **arguments)
+        config = AioConfig(
+            signature_version="s3v4",
+            s3={
+                "addressing_style": o.addressing_style,
+                # Bodies go out as UNSIGNED-PAYLOAD (the headers, Content-Length included,
+                # stay signed). A signed payload means botocore hashes every body before
+                # its first byte is sent: a body still arriving from the client (PipeBody)
+                # cannot offer that, and for a buffered 8 MiB part it is a second SHA-256
+                # of every byte on the event loop, next to the one we keep for the image
+                # (~25 % of the server's CPU per 100 MiB upload; bench/NOTES.md). In
+                # transit, integrity is the transport's: TLS to any store across a network
+                # (botocore itself skips payload signing over https with a checksum).
+                "payload_signing_enabled": False,
+            },
+            connect_timeout=o.connect_timeout,
+            read_timeout=o.read_timeout,
+            retries={"total_max_attempts": 3, "mode": "standard"},
+            max_pool_connections=o.max_pool_connections,
+            # botocore >= 1.36 stores a whole-object CRC32 with each PutObject and
+            # checks it on every read, which breaks ranged reads on servers that echo
+            # it (rclone). We verify size and sha256 ourselves, so only send checksums
+            # where S3 demands them.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
-        self._stream_client = await self._stack.enter_async_context(
-            session.client("s3", config=config(payload_signing_enabled=False), **arguments)
+        session = aioboto3.Session()
+        self._client = await self._stack.enter_async_context(
+            session.client(
+                "s3",
+                config=config,
+                region_name=o.region,
+                endpoint_url=o.endpoint_url,
+                aws_access_key_id=o.access_key_id,
+                aws_secret_access_key=o.secret_access_key,
+            )
         )
 
     async def close(self) -> None:
         await self._stack.aclose()
-        self._client = self._stream_client = None
+        self._client = None
 
     async def ensure_bucket(self) -> bool:
         """Create the bucket when missing; True if it was created."""
@@ -155,7 +157,6 @@ class S3ObjectStore:
             self.options.part_size,
             concurrency=self.options.upload_concurrency,
             size=size,
-            stream_client=self._stream_client,
         )
 
     async def open_read(self, key: str, byte_range: ByteRange | None = None) -> ObjectStream:
@@ -359,11 +360,7 @@ class S3ObjectStore:
         return response["ETag"]
 
     async def open_part(self, key: str, upload_id: str, number: int, size: int) -> S3PartWriter:
-        if self._stream_client is None:
-            raise RuntimeError("S3ObjectStore.start() was not awaited")
-        return S3PartWriter(
-            self.client, self._stream_client, self.bucket, key, upload_id, number, size
-        )
+        return S3PartWriter(self.client, self.bucket, key, upload_id, number, size)
 
     async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
         parts: list[CompletedPartTypeDef] = [

@@ -2,8 +2,8 @@
 the streamed PutObject of `S3Writer` and the streamed UploadPart of a tus PATCH
 (`S3PartWriter`, the adapter's PartWriter) both go through `PipedRequest`.
 
-The request starts with the first byte, through the adapter's stream client (UNSIGNED-
-PAYLOAD: SigV4 would otherwise hash the whole body before sending any of it). It cannot be
+The request starts with the first byte (its payload unsigned, as every body the adapter
+sends: SigV4 would otherwise hash the whole body before sending any of it). It cannot be
 rewound, so it is not retried once its body started; a request that ends early (the store
 refused it, the connection dropped) surfaces as StorageUnavailable at the next write or at
 `result()`, never as a write that waits forever.
@@ -81,7 +81,6 @@ class S3PartWriter:
     def __init__(
         self,
         client: S3Client,
-        stream_client: S3Client,
         bucket: str,
         key: str,
         upload_id: str,
@@ -91,7 +90,7 @@ class S3PartWriter:
         async def send(body: PipeBody) -> str:
             response = await _call(
                 "upload_part",
-                stream_client.upload_part(
+                client.upload_part(
                     Bucket=bucket,
                     Key=key,
                     UploadId=upload_id,

@@ -39,7 +39,6 @@ class S3Writer:
         *,
         concurrency: int = 2,
         size: int | None = None,
-        stream_client: S3Client | None = None,
     ) -> None:
         self._concurrency = concurrency
         self._client = client
@@ -54,9 +53,8 @@ class S3Writer:
         self._in_flight: list[asyncio.Task[None]] = []
         self._creating: asyncio.Future[None] | None = None
         self._finished = False
-        self._stream_client = stream_client
         self._streamed: PipedRequest[None] | None = None
-        if size is not None and 0 < size <= part_size and stream_client is not None:
+        if size is not None and 0 < size <= part_size:
             self._streamed = PipedRequest(size, self._put_streamed)
 
     async def write(self, data: bytes) -> None:
@@ -81,10 +79,9 @@ class S3Writer:
     # --- one PutObject, streamed ----------------------------------------------------------
 
     async def _put_streamed(self, pipe: PipeBody) -> None:
-        assert self._stream_client is not None
         await _call(
             "put_object",
-            self._stream_client.put_object(
+            self._client.put_object(
                 Bucket=self._bucket,
                 Key=self._key,
                 Body=pipe,  # type: ignore[arg-type]  # an async iterable of known length
