@@ -52,7 +52,8 @@ async def test_streamed_parts_assemble_byte_identical_with_md5_etags(
         ]
         # The ETag a buffered upload_part of the same bytes gets (MD5, as S3 has it).
         assert etags == [f'"{hashlib.md5(b).hexdigest()}"' for b in (first, last)]
-        await store.complete_multipart(key, upload_id, etags)
+        # The size the store says it assembled: what the caller checks instead of a HEAD.
+        assert await store.complete_multipart(key, upload_id, etags) == len(first + last)
     except BaseException:
         await store.abort_multipart(key, upload_id)
         raise
@@ -100,7 +101,9 @@ async def test_a_streamed_part_replaces_an_earlier_one(
         # The old ETag no longer names what part 1 holds.
         with pytest.raises(PartsMismatch):
             await store.complete_multipart(key, upload_id, [old_etag, last_etag])
-        await store.complete_multipart(key, upload_id, [new_etag, last_etag])
+        assert await store.complete_multipart(key, upload_id, [new_etag, last_etag]) == len(
+            new + last
+        )
     except BaseException:
         await store.abort_multipart(key, upload_id)
         raise
@@ -130,3 +133,28 @@ async def test_a_part_of_an_aborted_upload_is_object_missing(app: FastAPI) -> No
     # The local store knows at once; S3 answers NoSuchUpload to the request.
     with pytest.raises(ObjectMissing):
         await stream_part(store, key, upload_id, 1, os.urandom(1000), 100)
+
+
+async def test_completing_with_a_part_the_store_does_not_hold_assembles_nothing(
+    app: FastAPI, inspector: Inspector
+) -> None:
+    """complete_multipart's size comes from the store's own list of parts: a part named but
+    never stored is refused before anything is assembled, and the upload can still finish."""
+    store, key = store_of(app), key_of(app)
+    first, last = os.urandom(5 * MIB), os.urandom(2000)
+    upload_id = await store.create_multipart(key, content_type="image/jpeg")
+    try:
+        etags = [
+            await stream_part(store, key, upload_id, 1, first, MIB),
+            await stream_part(store, key, upload_id, 2, last, 1000),
+        ]
+        missing = f'"{hashlib.md5(b"never sent").hexdigest()}"'
+        with pytest.raises(PartsMismatch):
+            await store.complete_multipart(key, upload_id, [*etags, missing])
+        assert key not in inspector.keys()
+        assert await store.complete_multipart(key, upload_id, etags) == len(first + last)
+    except BaseException:
+        await store.abort_multipart(key, upload_id)
+        raise
+    assert inspector.read(key) == first + last
+    await store.delete_keys([key])

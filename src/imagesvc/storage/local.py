@@ -281,11 +281,11 @@ class LocalObjectStore:
             raise ObjectMissing(upload_id) from None  # no such upload (aborted, completed)
         return _LocalPart(handle, temp, parts / f"{number:05d}", size)
 
-    async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
+    async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> int:
         parts = self._parts_dir(key, upload_id)
         final = self.path_of(key)
 
-        def assemble() -> None:
+        def assemble() -> int:
             if not parts.is_dir():
                 raise ObjectMissing(upload_id)
             temp = self.root / INCOMING / f"{quote(key, safe='')}.{uuid.uuid4().hex}.part"
@@ -304,13 +304,15 @@ class LocalObjectStore:
                             raise PartsMismatch(f"part {number}")
                     out.flush()
                     os.fsync(out.fileno())
+                    size = out.tell()
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(temp, final)
             finally:
                 temp.unlink(missing_ok=True)
             shutil.rmtree(parts, ignore_errors=True)
+            return size
 
-        await _io(assemble)
+        return await _io(assemble)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         try:

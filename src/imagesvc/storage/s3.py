@@ -30,6 +30,7 @@ from imagesvc.storage.port import (
     ObjectInfo,
     ObjectMissing,
     ObjectStream,
+    PartsMismatch,
     SignedRequest,
     SignedUrl,
     StorageUnavailable,
@@ -362,7 +363,15 @@ class S3ObjectStore:
     async def open_part(self, key: str, upload_id: str, number: int, size: int) -> S3PartWriter:
         return S3PartWriter(self.client, self.bucket, key, upload_id, number, size)
 
-    async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
+    async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> int:
+        stored = await self._parts_held(key, upload_id)
+        size = 0
+        for number, etag in enumerate(etags, 1):
+            held = stored.get(number)
+            # (Compared without quotes: stores differ in whether they keep them.)
+            if held is None or held[0].strip('"') != etag.strip('"'):
+                raise PartsMismatch(f"part {number}")
+            size += held[1]
         parts: list[CompletedPartTypeDef] = [
             {"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, 1)
         ]
@@ -375,6 +384,25 @@ class S3ObjectStore:
                 MultipartUpload={"Parts": parts},
             ),
         )
+        return size
+
+    async def _parts_held(self, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
+        """Part number -> (ETag, size), as the store lists the upload's parts (ListParts
+        pages hold at most 1000)."""
+        held: dict[int, tuple[str, int]] = {}
+        marker = 0
+        while True:
+            page = await _call(
+                "list_parts",
+                self.client.list_parts(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
+                ),
+            )
+            for part in page.get("Parts", []):
+                held[part["PartNumber"]] = (part["ETag"], part["Size"])
+            if not page.get("IsTruncated"):
+                return held
+            marker = page["NextPartNumberMarker"]
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self.abort_upload(UploadInfo(key=key, upload_id=upload_id, initiated=_EPOCH))

@@ -196,8 +196,8 @@ class Ingest:
 
     async def _verify_stored(self, image: Image, size: int, confirmed: int | None) -> None:
         """The store said the object is durable; check it holds every byte before promising
-        anything (a 201 means the bytes are in the store). A single PutObject or fsync
-        already confirmed its size; an assembled multipart upload is checked with a HEAD."""
+        anything (a 201 means the bytes are in the store). The writer's requests usually
+        confirmed it (see ObjectWriter.complete); a store that cannot tell gets a HEAD."""
         if confirmed is None:
             stored = await self.store.head(image.storage_key)
             confirmed = stored.size if stored is not None else None

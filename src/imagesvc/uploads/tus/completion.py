@@ -96,19 +96,22 @@ class Completion:
         transaction. Safe to run again after a failure at any step."""
         length = upload.upload_offset
         stored = await self.store.head(image.storage_key)
-        if stored is None or stored.size != length:
-            # (An object of the right size is an earlier attempt's work: only completions
-            # write this key, and the parts are fixed once the row says `completing`.)
+        if stored is not None and stored.size == length:
+            # An earlier attempt's work: only completions write this key, and the parts
+            # are fixed once the row says `completing`.
+            stored_size = stored.size
+        else:
             if upload.multipart_id is None:
                 raise ObjectMissing(image.storage_key)
             lease.check()
-            await self.store.complete_multipart(
+            # The size the store holds for the parts it assembled (no second HEAD: on
+            # rclone the first HEAD of a new object re-reads and hashes all of it).
+            stored_size = await self.store.complete_multipart(
                 image.storage_key, upload.multipart_id, etags_of(upload)
             )
+        _check_kept(upload, stored_size)
         measured = await self._measure(image.storage_key, chain, length)
-        if measured.upload.size != length:
-            log.error("store lost or truncated upload %s", upload.id)
-            raise StorageUnavailable("the object store did not keep the upload; retry it")
+        _check_kept(upload, measured.upload.size)
         image.content_type = measured.info.format.content_type
         image.width, image.height = measured.info.width, measured.info.height
         image.frames = measured.info.frames
@@ -132,16 +135,18 @@ class Completion:
         return UploadState(upload.id, length, length, upload.upload_metadata, None, upload.id)
 
     async def _measure(self, key: str, chain: MeasuredUpload | None, length: int) -> Measured:
-        """The facts of the stored object: from the chain when this process measured every
-        byte on its way in (then a HEAD checks the stored size, as for streamed uploads),
-        else from one streamed read of the object."""
+        """The facts of the stored object (whose size `finish` checked): from the chain
+        when this process measured every byte on its way in, else from one streamed read
+        of the object."""
         if chain is None or chain.size != length:
             return await measure_stored(self.store, key, self.limits)
-        info = chain.finish()
-        stored = await self.store.head(key)
-        if stored is None or stored.size != length:
-            raise StorageUnavailable("the object store did not keep the upload; retry it")
-        return Measured(chain, info, None)
+        return Measured(chain, chain.finish(), None)
+
+
+def _check_kept(upload: ResumableUpload, size: int) -> None:
+    if size != upload.upload_offset:
+        log.error("store lost or truncated upload %s", upload.id)
+        raise StorageUnavailable("the object store did not keep the upload; retry it")
 
 
 async def set_header(tx: Tx, image_id: str, info: ImageInfo) -> None:
