@@ -112,7 +112,7 @@ def measure(rounds: int, env: dict[str, str], endpoint: str, work: Path) -> TusR
         "## 7. Resumable uploads (tus; bench/tus.py)\n\n"
         f"Machine: {machine()}. rclone `serve s3`, {PART // MIB} MiB parts, 100 MiB image; "
         "tus chunks are PATCHed one after the other and the last one completes the image "
-        "(assembly, a HEAD of the object, pending -> ready; one process served every PATCH, "
+        "(the store's list of parts, assembly, pending -> ready; one process served every PATCH, "
         "so size, sha256 and frames were measured on the way in). Each round measures all "
         "four paths; a ratio is the median of the rounds' ratios.\n\n"
         f"| path | MiB/s (median of {rounds}) | vs direct |\n|---|---:|---:|\n"
