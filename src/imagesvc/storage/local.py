@@ -281,7 +281,9 @@ class LocalObjectStore:
             raise ObjectMissing(upload_id) from None  # no such upload (aborted, completed)
         return _LocalPart(handle, temp, parts / f"{number:05d}", size)
 
-    async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> int:
+    async def complete_multipart(
+        self, key: str, upload_id: str, etags: Sequence[str]
+    ) -> int | None:
         parts = self._parts_dir(key, upload_id)
         final = self.path_of(key)
 

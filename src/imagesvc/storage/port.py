@@ -96,9 +96,8 @@ class ObjectWriter(Protocol):
     async def complete(self) -> int | None:
         """Make the object durable under its key; raises StorageUnavailable on failure.
         Returns the byte count the store confirmed for exactly this write (a single
-        request with Content-Length; a multipart upload's parts, each confirmed with its
-        Content-Length and assembled by their ETags; an fsynced file), or None when only a
-        HEAD can tell."""
+        request with Content-Length; the sizes it lists for a multipart upload's parts; an
+        fsynced file), or None when only a HEAD can tell."""
 
     async def abort(self) -> None:
         """Discard everything written so far (open multipart upload included). Idempotent."""
@@ -208,11 +207,13 @@ class ObjectStore(Protocol):
         retried once its body started: a failure is the caller's to repeat."""
         ...
 
-    async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> int:
+    async def complete_multipart(
+        self, key: str, upload_id: str, etags: Sequence[str]
+    ) -> int | None:
         """Assemble parts 1..len(etags), in order, into `key`; parts uploaded but not named
-        are dropped. Returns the object's size as the store holds it (the sizes it lists
-        for the named parts, the bytes assembled), so no HEAD needs to ask again. Raises
-        ObjectMissing (no such upload) or PartsMismatch."""
+        are dropped. Returns the object's size as the store tells it (the sizes it lists
+        for the named parts, the bytes assembled), or None when it did not (then only a
+        HEAD can). Raises ObjectMissing (no such upload) or PartsMismatch."""
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Discard the upload and its parts; one already gone is not an error."""

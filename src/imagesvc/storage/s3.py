@@ -30,7 +30,6 @@ from imagesvc.storage.port import (
     ObjectInfo,
     ObjectMissing,
     ObjectStream,
-    PartsMismatch,
     SignedRequest,
     SignedUrl,
     StorageUnavailable,
@@ -40,7 +39,7 @@ from imagesvc.storage.s3_calls import TRANSPORT_ERRORS as _TRANSPORT_ERRORS
 from imagesvc.storage.s3_calls import call as _call
 from imagesvc.storage.s3_calls import error_code as _error_code
 from imagesvc.storage.s3_stream import S3PartWriter
-from imagesvc.storage.s3_writer import S3Writer
+from imagesvc.storage.s3_writer import S3Writer, complete_upload
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -375,46 +374,13 @@ class S3ObjectStore:
     async def open_part(self, key: str, upload_id: str, number: int, size: int) -> S3PartWriter:
         return S3PartWriter(self.client, self.bucket, key, upload_id, number, size)
 
-    async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str]) -> int:
-        stored = await self._parts_held(key, upload_id)
-        size = 0
-        for number, etag in enumerate(etags, 1):
-            held = stored.get(number)
-            # (Compared without quotes: stores differ in whether they keep them.)
-            if held is None or held[0].strip('"') != etag.strip('"'):
-                raise PartsMismatch(f"part {number}")
-            size += held[1]
+    async def complete_multipart(
+        self, key: str, upload_id: str, etags: Sequence[str]
+    ) -> int | None:
         parts: list[CompletedPartTypeDef] = [
             {"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, 1)
         ]
-        await _call(
-            "complete_multipart_upload",
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            ),
-        )
-        return size
-
-    async def _parts_held(self, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
-        """Part number -> (ETag, size), as the store lists the upload's parts (ListParts
-        pages hold at most 1000)."""
-        held: dict[int, tuple[str, int]] = {}
-        marker = 0
-        while True:
-            page = await _call(
-                "list_parts",
-                self.client.list_parts(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
-                ),
-            )
-            for part in page.get("Parts", []):
-                held[part["PartNumber"]] = (part["ETag"], part["Size"])
-            if not page.get("IsTruncated"):
-                return held
-            marker = page["NextPartNumberMarker"]
+        return await complete_upload(self.client, self.bucket, key, upload_id, parts)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self.abort_upload(UploadInfo(key=key, upload_id=upload_id, initiated=_EPOCH))

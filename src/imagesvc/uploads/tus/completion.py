@@ -104,11 +104,15 @@ class Completion:
             if upload.multipart_id is None:
                 raise ObjectMissing(image.storage_key)
             lease.check()
-            # The size the store holds for the parts it assembled (no second HEAD: on
-            # rclone the first HEAD of a new object re-reads and hashes all of it).
-            stored_size = await self.store.complete_multipart(
+            # The size the store lists for the parts it assembled, instead of a second
+            # HEAD (on rclone the first HEAD of a new object re-reads and hashes it all).
+            listed = await self.store.complete_multipart(
                 image.storage_key, upload.multipart_id, etags_of(upload)
             )
+            if listed is None:
+                stored = await self.store.head(image.storage_key)
+                listed = stored.size if stored is not None else -1
+            stored_size = listed
         _check_kept(upload, stored_size)
         measured = await self._measure(image.storage_key, chain, length)
         _check_kept(upload, measured.upload.size)
