@@ -6,8 +6,9 @@ bulk of the server's memory under concurrent uploads).
   the part; and a single `bytes` of a whole part handed to the HTTP client is written to
   the socket in one call, so the transport keeps a second copy of whatever the socket could
   not take at once. botocore rewinds it (`seek`/`tell`) for a retry; aiohttp sends it
-  chunk by chunk (`__aiter__`), and waits for the socket between chunks. Payloads go
-  unsigned (storage/s3.py), so nothing hashes or reads it ahead.
+  chunk by chunk (`__aiter__`), and waits for the socket between chunks. botocore reads
+  it (`read`, 1 MiB at a time, short-lived copies) only to sign its payload, which the
+  adapter does only where the transport does not protect it (`S3ObjectStore.held_client`).
 - `PipeBody`: a body pulled from the upload as it arrives (a single PutObject whose length
   the client declared), through a one-chunk hand-off: nothing of it is buffered. It cannot
   be rewound once sending began, so such a request is not retried; a signed payload, which
@@ -52,9 +53,9 @@ class ChunksBody:
         return index, self._position - self._starts[index]
 
     def read(self, size: int = -1) -> bytes:
-        """botocore accepts only bytes or file-like bodies (ones with `read`). With unsigned
-        payloads it never calls this (checked against rclone); a signed payload would read
-        through it in 1 MiB steps: short-lived copies, the chunks stay as they are."""
+        """botocore accepts only bytes or file-like bodies (ones with `read`), and reads
+        one only to sign its payload (in 1 MiB steps): short-lived copies, the chunks stay
+        as they are. Unsigned payloads are sent without calling this."""
         end = self._size if size is None or size < 0 else min(self._size, self._position + size)
         if end <= self._position:
             return b""
@@ -104,7 +105,7 @@ class PipeBody:
 
     def read(self, size: int = -1) -> bytes:
         # botocore takes only bytes or "file-like" bodies (ones with `read`); it reads one
-        # only to hash a signed payload, and payloads are sent unsigned (storage/s3.py).
+        # only to hash a signed payload, and streamed bodies are always sent unsigned.
         raise io.UnsupportedOperation("a streamed body is sent, never read")
 
     def room_for(self, length: int) -> bool:

@@ -1,8 +1,8 @@
 """S3 adapter over aioboto3 (with s3_writer.py and s3_calls.py, the only modules that import
 aioboto3/botocore).
 
-One client per process, opened and closed by the app lifespan. Every call is SigV4-signed
-(its headers; bodies go as UNSIGNED-PAYLOAD, see `start`), has connect/read timeouts and
+One client per process (two when bodies must be payload-signed, see `held_client`), opened
+and closed by the app lifespan. Every call is SigV4-signed, has connect/read timeouts and
 botocore's "standard" retries (exponential backoff on throttling, 5xx and dropped
 connections; every call we make is safe to repeat because each upload writes a fresh key).
 Failures are translated here into the port's `StorageUnavailable` / `ObjectMissing`, so no
@@ -12,6 +12,7 @@ botocore type leaks upward.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -19,6 +20,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aioboto3
 from aiobotocore.config import AioConfig
@@ -69,6 +71,20 @@ class S3Options:
     max_pool_connections: int = 64
 
 
+def transport_protects(endpoint_url: str | None) -> bool:
+    """Whether the way to the store protects a body by itself: TLS (https; AWS when no
+    endpoint is set) or no wire at all (loopback)."""
+    if endpoint_url is None:
+        return True
+    url = urlsplit(endpoint_url)
+    if url.scheme == "https" or url.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(url.hostname or "").is_loopback
+    except ValueError:  # a host name other than localhost
+        return False
+
+
 def _without_expect(request: Any, **_: Any) -> None:
     """botocore asks for `Expect: 100-continue` on every body it holds as a file (all of
     ours, bytes included): the body then waits for the store's interim 100 before it is
@@ -85,6 +101,7 @@ class S3ObjectStore:
         self.options = options
         self._stack = AsyncExitStack()
         self._client: S3Client | None = None
+        self._held: S3Client | None = None
         # (key, ttl, disposition) -> (the URL, when it was signed); kept for the first
         # quarter of its life.
         self._signed: TtlCache[tuple[str, int, str | None], tuple[str, float]] = TtlCache(
@@ -98,53 +115,72 @@ class S3ObjectStore:
         return self._client
 
     @property
+    def held_client(self) -> S3Client:
+        """The client for bodies held whole in memory (buffered parts, renditions, small
+        objects). A signed payload makes botocore hash the body before sending it, a
+        second SHA-256 of every byte on the event loop beside the image's own (~25 % of
+        the server's CPU per 100 MiB upload, bench/NOTES.md), and the store check it. That
+        check is kept where nothing else protects the body on its way: plain http to
+        another host. Over https TLS does (botocore itself stops signing payloads there
+        when a checksum is sent), and on loopback there is no wire: there these go
+        UNSIGNED-PAYLOAD through `client`, as every streamed body always does (one still
+        arriving cannot be hashed before it is sent)."""
+        if self._held is None:
+            raise RuntimeError("S3ObjectStore.start() was not awaited")
+        return self._held
+
+    @property
     def bucket(self) -> str:
         return self.options.bucket
 
     async def start(self) -> None:
         o = self.options
 
-        config = AioConfig(
-            signature_version="s3v4",
-            s3={
-                "addressing_style": o.addressing_style,
-                # Bodies go out as UNSIGNED-PAYLOAD (the headers, Content-Length included,
-                # stay signed). A signed payload means botocore hashes every body before
-                # its first byte is sent: a body still arriving from the client (PipeBody)
-                # cannot offer that, and for a buffered 8 MiB part it is a second SHA-256
-                # of every byte on the event loop, next to the one we keep for the image
-                # (~25 % of the server's CPU per 100 MiB upload; bench/NOTES.md). In
-                # transit, integrity is the transport's: TLS to any store across a network
-                # (botocore itself skips payload signing over https with a checksum).
-                "payload_signing_enabled": False,
-            },
-            connect_timeout=o.connect_timeout,
-            read_timeout=o.read_timeout,
-            retries={"total_max_attempts": 3, "mode": "standard"},
-            max_pool_connections=o.max_pool_connections,
-            # botocore >= 1.36 stores a whole-object CRC32 with each PutObject and
-            # checks it on every read, which breaks ranged reads on servers that echo
-            # it (rclone). We verify size and sha256 ourselves, so only send checksums
-            # where S3 demands them.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        session = aioboto3.Session()
-        self._client = await self._stack.enter_async_context(
-            session.client(
-                "s3",
-                config=config,
-                region_name=o.region,
-                endpoint_url=o.endpoint_url,
-                aws_access_key_id=o.access_key_id,
-                aws_secret_access_key=o.secret_access_key,
+        def config(*, sign_payloads: bool) -> AioConfig:
+            return AioConfig(
+                signature_version="s3v4",
+                # Unsigned (UNSIGNED-PAYLOAD) or signed bodies; the headers, Content-Length
+                # included, are signed either way. See `held_client` for which is which.
+                s3={
+                    "addressing_style": o.addressing_style,
+                    "payload_signing_enabled": sign_payloads,
+                },
+                connect_timeout=o.connect_timeout,
+                read_timeout=o.read_timeout,
+                retries={"total_max_attempts": 3, "mode": "standard"},
+                max_pool_connections=o.max_pool_connections,
+                # botocore >= 1.36 stores a whole-object CRC32 with each PutObject and
+                # checks it on every read, which breaks ranged reads on servers that echo
+                # it (rclone). We verify size and sha256 ourselves, so only send checksums
+                # where S3 demands them.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
             )
+
+        session = aioboto3.Session()
+
+        async def client(*, sign_payloads: bool) -> S3Client:
+            opened: S3Client = await self._stack.enter_async_context(
+                session.client(
+                    "s3",
+                    config=config(sign_payloads=sign_payloads),
+                    region_name=o.region,
+                    endpoint_url=o.endpoint_url,
+                    aws_access_key_id=o.access_key_id,
+                    aws_secret_access_key=o.secret_access_key,
+                )
+            )
+            opened.meta.events.register("before-send.s3", _without_expect)
+            return opened
+
+        self._client = await client(sign_payloads=False)
+        self._held = (
+            self._client if transport_protects(o.endpoint_url) else await client(sign_payloads=True)
         )
-        self._client.meta.events.register("before-send.s3", _without_expect)
 
     async def close(self) -> None:
         await self._stack.aclose()
-        self._client = None
+        self._client = self._held = None
 
     async def ensure_bucket(self) -> bool:
         """Create the bucket when missing; True if it was created."""
@@ -169,6 +205,7 @@ class S3ObjectStore:
             self.options.part_size,
             concurrency=self.options.upload_concurrency,
             size=size,
+            held_client=self.held_client,
         )
 
     async def open_read(self, key: str, byte_range: ByteRange | None = None) -> ObjectStream:
@@ -348,7 +385,7 @@ class S3ObjectStore:
     async def put_object(self, key: str, body: bytes, *, content_type: str) -> None:
         await _call(
             "put_object",
-            self.client.put_object(
+            self.held_client.put_object(
                 Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
             ),
         )
@@ -365,7 +402,7 @@ class S3ObjectStore:
     async def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
         response = await _call(
             "upload_part",
-            self.client.upload_part(
+            self.held_client.upload_part(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
             ),
         )

@@ -39,7 +39,11 @@ class S3Writer:
         *,
         concurrency: int = 2,
         size: int | None = None,
+        held_client: S3Client | None = None,
     ) -> None:
+        # Streamed bodies go through `client` (unsigned payloads); buffered ones through
+        # `held_client` (see S3ObjectStore.held_client).
+        self._held_client = held_client or client
         self._concurrency = concurrency
         self._client = client
         self._bucket = bucket
@@ -118,7 +122,7 @@ class S3Writer:
         assert self._upload_id is not None
         response = await _call(
             "upload_part",
-            self._client.upload_part(
+            self._held_client.upload_part(
                 Bucket=self._bucket,
                 Key=self._key,
                 UploadId=self._upload_id,
@@ -142,7 +146,7 @@ class S3Writer:
             confirmed = len(body)  # PutObject stores exactly Content-Length bytes, or fails
             await _call(
                 "put_object",
-                self._client.put_object(
+                self._held_client.put_object(
                     Bucket=self._bucket,
                     Key=self._key,
                     Body=body,  # type: ignore[arg-type]  # file-like and async iterable
