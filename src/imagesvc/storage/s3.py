@@ -90,9 +90,9 @@ def _without_expect(request: Any, **_: Any) -> None:
     ours, bytes included): the body then waits for the store's interim 100 before it is
     sent. A store may instead wait for the body (RFC 9110 lets a server ignore the
     expectation), and both sides wait until the read timeout, 30 s per attempt: rclone
-    `serve s3` left 1 test run in ~5 hanging so where renders race deletes. The body goes
-    at once instead; a refusal before the body would have saved at most one part, and
-    every PUT saves a round trip. (`Expect` is not among the signed headers.)"""
+    `serve s3` hung about one run in five of the test that races renders against deletes.
+    The body goes at once instead; a refusal before the body would have saved at most one
+    part, and every PUT saves a round trip. (`Expect` is not among the signed headers.)"""
     request.headers.pop("Expect", None)
 
 
